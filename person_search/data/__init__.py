@@ -1,0 +1,21 @@
+"""Person-search datasets (CUHK-SYSU, PRW), their registration in detectron2's catalogs, and the dataset mapper.
+
+Importing this package registers ``cuhk_sysu_{train,gallery,query}`` and ``prw_{train,gallery,query}`` under
+``$DETECTRON2_DATASETS`` (default ``datasets``); see datasets/README.md.
+"""
+from .builtin import register_person_search_datasets
+from .cuhk_sysu import cuhk_sysu_num_labeled, cuhk_sysu_search_protocol, load_cuhk_sysu
+from .mapper import PersonSearchDatasetMapper
+from .prw import load_prw, prw_num_labeled
+
+__all__ = [
+    "PersonSearchDatasetMapper",
+    "cuhk_sysu_num_labeled",
+    "cuhk_sysu_search_protocol",
+    "load_cuhk_sysu",
+    "load_prw",
+    "prw_num_labeled",
+    "register_person_search_datasets",
+]
+
+register_person_search_datasets()

@@ -1,0 +1,62 @@
+"""Register the person-search datasets in detectron2's DatasetCatalog / MetadataCatalog.
+
+As in detectron2's builtin datasets, the datasets live under ``$DETECTRON2_DATASETS`` (default ``datasets``):
+``CUHK-SYSU/`` and ``PRW/`` (or ``PRW-v16.04.20/``). Registration only records paths; files are read when a
+dataset is first requested (``DatasetCatalog.get``). ``num_labeled`` of a train set needs its identity file, so
+it is added to the train metadata at that point (``cuhk_sysu_num_labeled`` / ``prw_num_labeled`` give it directly).
+"""
+import functools
+import os
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from .cuhk_sysu import GALLERY_SIZES, cuhk_sysu_num_labeled, cuhk_sysu_search_protocol, load_cuhk_sysu
+from .prw import load_prw, prw_num_labeled
+
+__all__ = ["register_person_search_datasets", "register_cuhk_sysu", "register_prw"]
+
+EVALUATOR_TYPE = "person_search"
+
+
+def _load_train(name, root, loader, num_labeled):
+    """Load a train split and record its number of labeled identities in the metadata."""
+    dicts = loader(root, "train")
+    MetadataCatalog.get(name).set(num_labeled=num_labeled(root))
+    return dicts
+
+
+def _register(prefix, dataset_root, loader, num_labeled):
+    """Register ``<prefix>_{train,query,gallery}``; the dataset prefix is also the protocol name."""
+    common = {"evaluator_type": EVALUATOR_TYPE, "thing_classes": ["person"], "dataset_root": dataset_root}
+    train, query, gallery = f"{prefix}_train", f"{prefix}_query", f"{prefix}_gallery"
+    DatasetCatalog.register(train, functools.partial(_load_train, train, dataset_root, loader, num_labeled))
+    MetadataCatalog.get(train).set(**common)
+    DatasetCatalog.register(query, functools.partial(loader, dataset_root, "query"))
+    MetadataCatalog.get(query).set(protocol=prefix, **common)
+    DatasetCatalog.register(gallery, functools.partial(loader, dataset_root, "gallery"))
+    MetadataCatalog.get(gallery).set(protocol=prefix, query_dataset=query, **common)
+
+
+def register_cuhk_sysu(root):
+    """Register cuhk_sysu_{train,gallery,query} for the dataset folder ``<root>/CUHK-SYSU``."""
+    dataset_root = os.path.join(root, "CUHK-SYSU")
+    _register("cuhk_sysu", dataset_root, load_cuhk_sysu, cuhk_sysu_num_labeled)
+    MetadataCatalog.get("cuhk_sysu_gallery").set(
+        gallery_sizes=GALLERY_SIZES, search_protocol=functools.partial(cuhk_sysu_search_protocol, dataset_root)
+    )
+
+
+def register_prw(root):
+    """Register prw_{train,gallery,query} for ``<root>/PRW`` (``<root>/PRW-v16.04.20`` if only that exists)."""
+    _register("prw", os.path.join(root, "PRW"), load_prw, prw_num_labeled)
+
+
+def register_person_search_datasets(root=None):
+    """Register the CUHK-SYSU and PRW splits with data under ``root``. Nothing is read from disk here.
+
+    ``root`` defaults to ``$DETECTRON2_DATASETS`` or ``datasets``, as for detectron2's builtin datasets.
+    """
+    if root is None:
+        root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
+    register_cuhk_sysu(root)
+    register_prw(root)
