@@ -83,7 +83,7 @@ def _resource_filename(package, resource):
 
 
 def _patch_pkg_resources():
-    if importlib.util.find_spec("pkg_resources") is not None:
+    if "pkg_resources" in sys.modules or importlib.util.find_spec("pkg_resources") is not None:
         return False
     shim = types.ModuleType("pkg_resources", "person_search shim: resource_filename only (setuptools >= 81)")
     shim.resource_filename = _resource_filename

@@ -1,0 +1,14 @@
+"""Modeling: identity losses, the embedding head and ROI heads with an identity branch (registered on import)."""
+from .embedding_head import IdentityEmbeddingHead
+from .identity_losses import IDENTITY_LOSS_REGISTRY, OIMLoss, SoftmaxIdentityLoss, build_identity_loss
+from .roi_heads import ReIDRes5ROIHeads, ReIDStandardROIHeads
+
+__all__ = [
+    "IDENTITY_LOSS_REGISTRY",
+    "IdentityEmbeddingHead",
+    "OIMLoss",
+    "ReIDRes5ROIHeads",
+    "ReIDStandardROIHeads",
+    "SoftmaxIdentityLoss",
+    "build_identity_loss",
+]

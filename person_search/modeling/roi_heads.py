@@ -1,0 +1,201 @@
+"""ROI heads with an identity branch: the paper's C4 design and an FPN drop-in.
+
+Training: the identity loss is computed on the foreground proposals sampled for the box head, each labelled with
+the ``gt_pids`` of its matched ground truth (-1 = unlabeled person). Background proposals are excluded:
+``label_and_sample_proposals`` copies every ``gt_*`` field, so they carry the pid of their nearest person.
+Inference: ``pred_embeddings`` (N, EMBED_DIM), L2-normalised, computed on the final (regressed) boxes, and on
+given boxes in ``forward_with_given_boxes`` (query persons).
+"""
+import torch
+
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec, cat
+from detectron2.modeling.poolers import ROIPooler
+from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads, StandardROIHeads, build_box_head
+
+from .embedding_head import IdentityEmbeddingHead
+from .identity_losses import build_identity_loss
+
+__all__ = ["ReIDRes5ROIHeads", "ReIDStandardROIHeads", "foreground_pids"]
+
+
+def foreground_pids(proposals, num_classes):
+    """Per-proposal identity labels of sampled proposals, and the mask of foreground ones (both concatenated)."""
+    pids, foreground = [], []
+    for p in proposals:
+        is_fg = (p.gt_classes >= 0) & (p.gt_classes < num_classes)
+        # Images without ground truth get no gt_pids from label_and_sample_proposals; all their proposals are
+        # background anyway.
+        image_pids = p.gt_pids if p.has("gt_pids") else torch.full_like(p.gt_classes, -1)
+        pids.append(image_pids)
+        foreground.append(is_fg)
+    return cat(pids), cat(foreground)
+
+
+def _attach_embeddings(instances, embeddings):
+    for inst, emb in zip(instances, embeddings.split([len(i) for i in instances])):
+        inst.pred_embeddings = emb
+    return instances
+
+
+def _check_gt_pids(targets):
+    for t in targets:
+        if len(t) and not t.has("gt_pids"):
+            raise ValueError(
+                "ReID ROI heads need Instances.gt_pids in training targets; use "
+                "person_search.data.PersonSearchDatasetMapper (or add gt_pids: -1 for unlabeled persons)"
+            )
+
+
+@ROI_HEADS_REGISTRY.register()
+class ReIDRes5ROIHeads(Res5ROIHeads):
+    """The paper's C4 head: one res5 block shared by the box branch and the identity branch."""
+
+    @configurable
+    def __init__(self, *, embedding_head, identity_loss, reid_loss_weight=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.embedding_head = embedding_head
+        self.identity_loss = identity_loss
+        self.reid_loss_weight = reid_loss_weight
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        res5_out_channels = cfg.MODEL.RESNETS.RES2_OUT_CHANNELS * 8  # Res5ROIHeads' res5 widens res4 by 2
+        ret["embedding_head"] = IdentityEmbeddingHead(
+            res5_out_channels, cfg.MODEL.REID.EMBED_DIM, cfg.MODEL.REID.EMBED_NORM
+        )
+        ret["identity_loss"] = build_identity_loss(cfg)
+        ret["reid_loss_weight"] = cfg.MODEL.REID.LOSS_WEIGHT
+        return ret
+
+    def forward(self, images, features, proposals, targets=None):
+        del images
+        if self.training:
+            _check_gt_pids(targets)
+            proposals = self.label_and_sample_proposals(proposals, targets)
+        del targets
+
+        box_features = self._shared_roi_transform(
+            [features[f] for f in self.in_features], [x.proposal_boxes for x in proposals]
+        )
+        predictions = self.box_predictor(box_features.mean(dim=[2, 3]))
+
+        if self.training:
+            losses = self.box_predictor.losses(predictions, proposals)
+            pids, is_fg = foreground_pids(proposals, self.num_classes)
+            embeddings = self.embedding_head(box_features[is_fg])
+            losses["loss_reid"] = self.reid_loss_weight * self.identity_loss(embeddings, pids[is_fg])
+            if self.mask_on:
+                raise NotImplementedError("ReIDRes5ROIHeads does not support MODEL.MASK_ON")
+            return [], losses
+
+        pred_instances, _ = self.box_predictor.inference(predictions, proposals)
+        return self.forward_with_given_boxes(features, pred_instances), {}
+
+    def forward_with_given_boxes(self, features, instances):
+        """Embed ``instances[i].pred_boxes`` (final detections or given query boxes)."""
+        assert not self.training
+        instances = super().forward_with_given_boxes(features, instances)
+        boxes = [x.pred_boxes for x in instances]
+        if sum(len(b) for b in boxes) == 0:
+            embeddings = features[self.in_features[0]].new_zeros(0, self.embedding_head.embed_dim)
+        else:
+            box_features = self._shared_roi_transform([features[f] for f in self.in_features], boxes)
+            embeddings = self.embedding_head(box_features)
+        return _attach_embeddings(instances, embeddings)
+
+
+@ROI_HEADS_REGISTRY.register()
+class ReIDStandardROIHeads(StandardROIHeads):
+    """StandardROIHeads (e.g. FPN) plus an identity branch.
+
+    The identity branch pools the foreground proposals (training) or final boxes (inference) with its own
+    ROIPooler, runs them through the box head (shared weights) or a separate tower (``MODEL.REID.HEAD_NAME``),
+    then the embedding head.
+    """
+
+    @configurable
+    def __init__(
+        self, *, reid_pooler, reid_head=None, embedding_head, identity_loss, reid_loss_weight=1.0, **kwargs
+    ):
+        super().__init__(**kwargs)
+        self.reid_pooler = reid_pooler
+        self.reid_head = reid_head  # None: share self.box_head
+        self.embedding_head = embedding_head
+        self.identity_loss = identity_loss
+        self.reid_loss_weight = reid_loss_weight
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        ret.update(cls._init_reid_head(cfg, input_shape, ret["box_head"]))
+        return ret
+
+    @classmethod
+    def _init_reid_head(cls, cfg, input_shape, box_head):
+        in_features = cfg.MODEL.ROI_HEADS.IN_FEATURES
+        resolution = cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION
+        in_channels = input_shape[in_features[0]].channels
+        reid_pooler = ROIPooler(
+            output_size=resolution,
+            scales=tuple(1.0 / input_shape[k].stride for k in in_features),
+            sampling_ratio=cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,
+            pooler_type=cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE,
+        )
+        pooled_shape = ShapeSpec(channels=in_channels, height=resolution, width=resolution)
+        reid_head = None
+        if cfg.MODEL.REID.HEAD_NAME:
+            head_cfg = cfg.clone()
+            head_cfg.defrost()
+            head_cfg.MODEL.ROI_BOX_HEAD.NAME = cfg.MODEL.REID.HEAD_NAME
+            reid_head = build_box_head(head_cfg, pooled_shape)
+            tower_shape = reid_head.output_shape
+        else:
+            tower_shape = box_head.output_shape
+        tower_channels = tower_shape.channels * (tower_shape.height or 1) * (tower_shape.width or 1)
+        return {
+            "reid_pooler": reid_pooler,
+            "reid_head": reid_head,
+            "embedding_head": IdentityEmbeddingHead(
+                tower_channels, cfg.MODEL.REID.EMBED_DIM, cfg.MODEL.REID.EMBED_NORM
+            ),
+            "identity_loss": build_identity_loss(cfg),
+            "reid_loss_weight": cfg.MODEL.REID.LOSS_WEIGHT,
+        }
+
+    def _embed(self, features, boxes):
+        x = self.reid_pooler([features[f] for f in self.box_in_features], boxes)
+        x = (self.reid_head or self.box_head)(x)
+        return self.embedding_head(x)
+
+    def _forward_reid(self, features, proposals):
+        pids, is_fg = foreground_pids(proposals, self.num_classes)
+        fg_boxes = [
+            p.proposal_boxes[(p.gt_classes >= 0) & (p.gt_classes < self.num_classes)] for p in proposals
+        ]
+        embeddings = self._embed(features, fg_boxes)
+        return {"loss_reid": self.reid_loss_weight * self.identity_loss(embeddings, pids[is_fg])}
+
+    def forward(self, images, features, proposals, targets=None):
+        if not self.training:
+            return super().forward(images, features, proposals, targets)
+        _check_gt_pids(targets)
+        del images
+        proposals = self.label_and_sample_proposals(proposals, targets)
+        del targets
+        losses = self._forward_box(features, proposals)
+        losses.update(self._forward_mask(features, proposals))
+        losses.update(self._forward_keypoint(features, proposals))
+        losses.update(self._forward_reid(features, proposals))
+        return proposals, losses
+
+    def forward_with_given_boxes(self, features, instances):
+        """Embed ``instances[i].pred_boxes`` (final detections or given query boxes)."""
+        instances = super().forward_with_given_boxes(features, instances)
+        boxes = [x.pred_boxes for x in instances]
+        if sum(len(b) for b in boxes) == 0:
+            embeddings = features[self.box_in_features[0]].new_zeros(0, self.embedding_head.embed_dim)
+        else:
+            embeddings = self._embed(features, boxes)
+        return _attach_embeddings(instances, embeddings)

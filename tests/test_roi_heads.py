@@ -1,0 +1,144 @@
+"""ReID ROI heads: which proposals reach the identity loss, and embeddings at inference."""
+import pytest
+import torch
+from torch import nn
+
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.roi_heads import build_roi_heads
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from conftest import TINY_FPN_OPTS, tiny_cfg
+
+IMAGE_SIZE = (96, 128)
+
+
+class RecordingLoss(nn.Module):
+    """Identity loss that records what it was given."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, features, pids):
+        self.calls.append((features.detach(), pids.clone()))
+        return features.sum() * 0.0 + 1.5
+
+
+def build_head(name):
+    opts = ("MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 64, "MODEL.ROI_HEADS.POSITIVE_FRACTION", 1.0)
+    if name == "ReIDStandardROIHeads":
+        cfg = tiny_cfg(*TINY_FPN_OPTS, *opts)
+        shapes = {f"p{i}": ShapeSpec(channels=32, stride=2**i) for i in range(2, 6)}
+    else:
+        cfg = tiny_cfg(*opts)
+        shapes = {"res4": ShapeSpec(channels=256, stride=16)}
+    torch.manual_seed(0)
+    head = build_roi_heads(cfg, shapes)
+    features = {
+        k: torch.rand(2, s.channels, IMAGE_SIZE[0] // s.stride + 1, IMAGE_SIZE[1] // s.stride + 1)
+        for k, s in shapes.items()
+    }
+    return head, features
+
+
+def targets_and_proposals():
+    # image 0: a labeled person (pid 3) and an unlabeled one; image 1: no ground truth at all
+    target0 = Instances(IMAGE_SIZE)
+    target0.gt_boxes = Boxes(torch.tensor([[10.0, 10.0, 40.0, 80.0], [70.0, 5.0, 110.0, 90.0]]))
+    target0.gt_classes = torch.zeros(2, dtype=torch.long)
+    target0.gt_pids = torch.tensor([3, -1])
+    target1 = Instances(IMAGE_SIZE)
+    target1.gt_boxes = Boxes(torch.zeros(0, 4))
+    target1.gt_classes = torch.zeros(0, dtype=torch.long)
+    target1.gt_pids = torch.zeros(0, dtype=torch.long)
+
+    proposals = []
+    for boxes in (
+        # near the labeled person, near the unlabeled person, and background far from both
+        [[11.0, 11.0, 41.0, 79.0], [71.0, 6.0, 109.0, 88.0], [45.0, 60.0, 60.0, 95.0]],
+        [[10.0, 10.0, 50.0, 50.0]],
+    ):
+        p = Instances(IMAGE_SIZE)
+        p.proposal_boxes = Boxes(torch.tensor(boxes))
+        p.objectness_logits = torch.zeros(len(boxes))
+        proposals.append(p)
+    return [target0, target1], proposals
+
+
+@pytest.mark.parametrize("name", ["ReIDRes5ROIHeads", "ReIDStandardROIHeads"])
+def test_identity_loss_sees_foreground_only_with_matched_pids(name):
+    head, features = build_head(name)
+    head.identity_loss = RecordingLoss()
+    head.reid_loss_weight = 2.0
+    targets, proposals = targets_and_proposals()
+    head.train()
+    with EventStorage():
+        _, losses = head(None, features, proposals, targets)
+    assert losses["loss_reid"].item() == pytest.approx(3.0)  # weight 2 x recorded loss 1.5
+    assert {"loss_cls", "loss_box_reg"} <= set(losses)
+    (features_seen, pids_seen), = head.identity_loss.calls
+    # foreground = the 2 near proposals + the 2 ground-truth boxes appended as proposals; the background
+    # proposal (which inherits pid 3 or -1 from its nearest person) and image 1 contribute nothing
+    assert sorted(pids_seen.tolist()) == [-1, -1, 3, 3]
+    assert features_seen.shape == (4, 32)
+    assert torch.allclose(features_seen.norm(dim=1), torch.ones(4), atol=1e-5)
+
+
+def test_missing_gt_pids_is_a_clear_error():
+    head, features = build_head("ReIDRes5ROIHeads")
+    targets, proposals = targets_and_proposals()
+    targets[0].remove("gt_pids")
+    with EventStorage(), pytest.raises(ValueError, match="gt_pids"):
+        head(None, features, proposals, targets)
+
+
+@pytest.mark.parametrize("name", ["ReIDRes5ROIHeads", "ReIDStandardROIHeads"])
+def test_inference_embeddings_are_unit_norm_and_aligned_with_boxes(name):
+    head, features = build_head(name)
+    head.box_predictor.test_score_thresh = 0.0
+    _, proposals = targets_and_proposals()
+    head.eval()
+    with torch.no_grad():
+        detections, _ = head(None, features, proposals)
+    assert len(detections[0]) > 1
+    for det in detections:
+        assert det.pred_embeddings.shape == (len(det), 32)
+        if len(det):
+            assert torch.allclose(det.pred_embeddings.norm(dim=1), torch.ones(len(det)), atol=1e-5)
+
+    # the given-boxes path on the same boxes in reversed order returns the same embeddings, reversed
+    given = []
+    for det in detections:
+        inst = Instances(IMAGE_SIZE)
+        order = torch.arange(len(det) - 1, -1, -1)
+        inst.pred_boxes = det.pred_boxes[order]
+        inst.pred_classes = det.pred_classes[order]
+        given.append(inst)
+    with torch.no_grad():
+        embedded = head.forward_with_given_boxes(features, given)
+    for det, emb in zip(detections, embedded):
+        assert torch.allclose(emb.pred_embeddings, det.pred_embeddings.flip(0), atol=1e-5)
+
+
+def test_given_boxes_with_no_boxes():
+    head, features = build_head("ReIDRes5ROIHeads")
+    head.eval()
+    empty = Instances(IMAGE_SIZE)
+    empty.pred_boxes = Boxes(torch.zeros(0, 4))
+    empty.pred_classes = torch.zeros(0, dtype=torch.long)
+    with torch.no_grad():
+        (out,) = head.forward_with_given_boxes({k: v[:1] for k, v in features.items()}, [empty])
+    assert out.pred_embeddings.shape == (0, 32)
+
+
+def test_embedding_head_single_sample_in_training_uses_running_stats():
+    from person_search.modeling import IdentityEmbeddingHead
+
+    emb = IdentityEmbeddingHead(8, 4).train()
+    out = emb(torch.rand(1, 8, 3, 3))
+    assert out.shape == (1, 4) and torch.allclose(out.norm(dim=1), torch.ones(1))
+    assert emb(torch.rand(0, 8)).shape == (0, 4)
+    assert torch.allclose(emb(torch.rand(5, 8)).norm(dim=1), torch.ones(5), atol=1e-5)
+    with pytest.raises(ValueError, match="EMBED_NORM"):
+        IdentityEmbeddingHead(8, 4, norm="LN")
