@@ -392,7 +392,6 @@ def generate_cuhk_sysu(root: str, *, preset: str = "tiny", num_identities: Optio
             msg = (f"Skipping TestG{size}.mat: a gallery of {size} needs at least {size + 1} test images, "
                    f"this set has {n_test_img}")
             logger.warning(msg)
-            print(msg)
             continue
         grng = _stream(seed, "cuhk_sysu", 2, size)
         rows = [(query_record(q), gallery(q, size, grng)) for q in range(n_test_ids)]
