@@ -1,0 +1,463 @@
+"""Gallery indexing: detect and embed every person of a folder of images or a video, store it, search it.
+
+Layout of an index directory::
+
+    manifest.json     format version, gallery images, model identity, counts (written last: marks completion)
+    config.yaml       the full config the index was built with (the query rebuilds the model from it)
+    embeddings.npy    (N, D) float32, L2-normalised identity embeddings of the N detected persons
+    boxes.npy         (N, 4) float32 x1, y1, x2, y2 in original image coordinates
+    scores.npy        (N,) float32 detection scores
+    image_index.npy   (N,) int32 index into manifest["images"]
+    shards/, progress.json   partial results while building (removed once consolidated)
+
+Nothing is pickled: arrays are ``.npy`` / ``.npz`` read with ``allow_pickle=False``, the rest is JSON / YAML.
+"""
+import datetime
+import hashlib
+import json
+import logging
+import os
+import shutil
+
+import numpy as np
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.modeling import build_model
+from detectron2.utils.file_io import PathManager
+from tqdm import tqdm
+
+from .sources import SearchError, open_gallery_source
+
+__all__ = [
+    "FORMAT_VERSION",
+    "FAISS_MIN_BOXES",
+    "GalleryIndex",
+    "build_index",
+    "build_search_model",
+    "load_search_config",
+    "model_identity",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+# Images per shard of partial results: an interrupted run loses at most this many images of work.
+SHARD_SIZE = 256
+# "auto" search uses FAISS from this many indexed boxes on (below, one numpy matrix product is as fast).
+FAISS_MIN_BOXES = 50_000
+_ARRAYS = ("embeddings", "boxes", "scores", "image_index")
+
+
+def load_search_config(config_file, opts=()):
+    """A frozen person-search config: detectron2 defaults + plugin keys + ``config_file`` + ``opts``."""
+    from person_search import add_person_search_config
+
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"config file {config_file} does not exist")
+    cfg = get_cfg()
+    add_person_search_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    cfg.freeze()
+    return cfg
+
+
+def _sha256_file(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _local_weights(weights):
+    """Local path of a weights file or URL (detectron2:// and http(s):// are fetched by detectron2's PathManager)."""
+    local = PathManager.get_local_path(weights) if "://" in weights else weights
+    if not os.path.isfile(local):
+        raise FileNotFoundError(f"weights file {weights} does not exist")
+    return local
+
+
+def model_identity(cfg, weights, *, seed=0):
+    """What determines the embeddings: the model and input config, and the weights.
+
+    Only ``MODEL`` and ``INPUT`` are hashed (without ``MODEL.WEIGHTS`` and ``MODEL.DEVICE``): solver, dataset and
+    evaluation keys do not change an embedding, and an index built on a GPU may be queried on a CPU.
+
+    Args:
+        weights: a weights file or URL, or "" for a randomly initialised model (identified by ``seed``).
+
+    Returns:
+        dict with ``identity`` (one hash of all of it), ``config_sha256``, ``weights`` (absolute path, URL or ""),
+        ``weights_sha256`` (None when random) and ``random_seed`` (None unless random).
+    """
+    model_cfg = cfg.clone()
+    model_cfg.defrost()
+    model_cfg.MODEL.WEIGHTS = ""
+    model_cfg.MODEL.DEVICE = ""
+    # canonical JSON, not cfg.dump(): YAML anchors for shared lists differ between a config and its reloaded dump
+    canonical = json.dumps({"MODEL": model_cfg.MODEL, "INPUT": model_cfg.INPUT}, sort_keys=True)
+    config_sha = hashlib.sha256(canonical.encode()).hexdigest()
+    if weights:
+        weights_sha = _sha256_file(_local_weights(weights))
+        weights_id = f"sha256:{weights_sha}"
+        weights = weights if "://" in weights else os.path.abspath(weights)
+        seed = None
+    else:
+        weights_sha = None
+        weights_id = f"random:seed={seed}"
+    identity = hashlib.sha256(f"{config_sha}\n{weights_id}".encode()).hexdigest()
+    return {
+        "identity": identity,
+        "config_sha256": config_sha,
+        "weights": weights,
+        "weights_sha256": weights_sha,
+        "random_seed": seed,
+    }
+
+
+def build_search_model(cfg, weights, *, allow_random_weights=False, seed=0):
+    """Build the model of ``cfg`` in eval mode with ``weights`` loaded by DetectionCheckpointer.
+
+    ``weights`` "" gives a randomly initialised model (from ``seed``, reproducibly), only with
+    ``allow_random_weights`` (tests and demos); otherwise a missing weights file is an error.
+
+    Returns:
+        (model, identity) where identity is :func:`model_identity`'s dict.
+    """
+    if not weights and not allow_random_weights:
+        raise SearchError("no weights file given; pass --weights (random weights need --allow-random-weights)")
+    identity = model_identity(cfg, weights, seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(cfg)
+    if weights:
+        DetectionCheckpointer(model).load(_local_weights(weights))
+    else:
+        logger.warning(f"Using a randomly initialised model (seed {seed}): its embeddings are meaningless")
+    return model.eval(), identity
+
+
+class _Detector:
+    """Batched detection + embedding with the test-time resize of the config."""
+
+    def __init__(self, model, cfg, score_thresh):
+        self.model = model
+        self.augmentations = T.AugmentationList(utils.build_augmentation(cfg, is_train=False))
+        self.score_thresh = score_thresh
+
+    @torch.no_grad()
+    def __call__(self, images):
+        """Per image, a dict of numpy arrays ``embeddings``, ``boxes``, ``scores`` of the kept detections."""
+        inputs = []
+        for image in images:
+            aug_input = T.AugInput(image)
+            self.augmentations(aug_input)
+            tensor = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
+            inputs.append({"image": tensor, "height": image.shape[0], "width": image.shape[1]})
+        results = []
+        for output in self.model(inputs):
+            instances = output["instances"].to("cpu")
+            keep = instances.scores >= self.score_thresh
+            results.append(
+                {
+                    "embeddings": instances.pred_embeddings[keep].float().numpy(),
+                    "boxes": instances.pred_boxes.tensor[keep].float().numpy(),
+                    "scores": instances.scores[keep].float().numpy(),
+                }
+            )
+        return results
+
+
+class _ShardWriter:
+    """Accumulates detections of consecutive gallery items and writes them as one shard + a progress entry."""
+
+    def __init__(self, output_dir, build_key, shards, embed_dim):
+        self.output_dir = output_dir
+        self.build_key = build_key
+        self.shards = shards  # progress entries of the shards written so far
+        self.embed_dim = embed_dim
+        self._reset()
+
+    def _reset(self):
+        self.images, self.skipped, self.parts = [], [], []
+
+    @property
+    def next_position(self):
+        return self.shards[-1]["next_position"] if self.shards else 0
+
+    def add(self, item, detections):
+        detections = dict(detections, image_index=np.full(len(detections["scores"]), len(self.images), np.int32))
+        self.parts.append(detections)
+        self.images.append(item.record())
+
+    def skip(self, item):
+        self.skipped.append(item.path)
+
+    def flush(self, next_position):
+        """Write the accumulated items (source positions up to ``next_position``) as a shard."""
+        if next_position == self.next_position:
+            return
+        name = os.path.join("shards", f"{len(self.shards):06d}.npz")
+        arrays = _concatenate(self.parts, self.embed_dim)
+        # the shard's image records ride along as a JSON string (a 0-d unicode array needs no pickle)
+        arrays["records"] = np.array(json.dumps({"images": self.images, "skipped": self.skipped}))
+        _atomic_write(os.path.join(self.output_dir, name), lambda f: np.savez(f, **arrays))
+        self.shards.append({"file": name, "next_position": next_position})
+        progress = {"format_version": FORMAT_VERSION, "build_key": self.build_key, "shards": self.shards}
+        _atomic_write_json(os.path.join(self.output_dir, "progress.json"), progress)
+        self._reset()
+
+
+def _concatenate(parts, embed_dim):
+    empty = {
+        "embeddings": np.zeros((0, embed_dim), np.float32),
+        "boxes": np.zeros((0, 4), np.float32),
+        "scores": np.zeros((0,), np.float32),
+        "image_index": np.zeros((0,), np.int32),
+    }
+    return {k: np.concatenate([empty[k]] + [p[k] for p in parts]).astype(empty[k].dtype) for k in _ARRAYS}
+
+
+def _atomic_write(path, write):
+    """Write through ``write(file)`` into a temporary file renamed over ``path``: readers never see half a file."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        write(f)
+    os.replace(tmp, path)
+
+
+def _atomic_write_json(path, obj):
+    _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
+
+
+def _read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _load_progress(output_dir, build_key):
+    """Progress entries of an earlier run with the same arguments, [] for a fresh start."""
+    path = os.path.join(output_dir, "progress.json")
+    if not os.path.isfile(path):
+        return []
+    progress = _read_json(path)
+    if progress.get("build_key") != build_key:
+        raise SearchError(
+            f"{output_dir} holds a partial index built with other arguments (gallery, model, score threshold or "
+            f"batch size differ, see {path}); resume with the same arguments, or use another output directory"
+        )
+    shards = progress["shards"]
+    start = shards[-1]["next_position"] if shards else 0
+    logger.info(f"Resuming: {len(shards)} shards done, continuing from gallery item {start}")
+    return shards
+
+
+def build_index(
+    cfg,
+    weights,
+    gallery,
+    output_dir,
+    *,
+    batch_size=4,
+    video_every=1,
+    score_thresh=None,
+    allow_random_weights=False,
+    seed=0,
+    shard_size=SHARD_SIZE,
+    config_path=None,
+):
+    """Detect and embed every person of ``gallery`` and store them in ``output_dir``; resumable.
+
+    Args:
+        cfg: a person-search config (see :func:`load_search_config`).
+        weights: model weights file (or URL); "" = random weights, only with ``allow_random_weights``.
+        gallery: a folder of images (recursive) or a video file.
+        output_dir: the index directory. If it holds a partial run with the same arguments, that run resumes;
+            if it holds a finished index with the same arguments, that index is returned.
+        batch_size: images per forward pass.
+        video_every: for a video, index every ``video_every``-th frame.
+        score_thresh: keep detections scoring at least this (default ``cfg.TEST.PERSON_SEARCH.DET_THRESH``).
+        seed: the seed of random weights.
+        shard_size: gallery items per shard of partial results.
+        config_path: the config file ``cfg`` came from, recorded in the manifest.
+
+    Returns:
+        the :class:`GalleryIndex`.
+    """
+    if batch_size < 1 or shard_size < 1:
+        raise SearchError(f"batch size and shard size must be >= 1, got {batch_size} and {shard_size}")
+    score_thresh = cfg.TEST.PERSON_SEARCH.DET_THRESH if score_thresh is None else float(score_thresh)
+    source = open_gallery_source(gallery, video_every=video_every, image_format=cfg.INPUT.FORMAT)
+    model, identity = build_search_model(cfg, weights, allow_random_weights=allow_random_weights, seed=seed)
+    build_key = hashlib.sha256(
+        json.dumps(
+            [FORMAT_VERSION, source.describe(), identity["identity"], score_thresh, batch_size, shard_size]
+        ).encode()
+    ).hexdigest()
+    os.makedirs(output_dir, exist_ok=True)
+    manifest_path = os.path.join(output_dir, "manifest.json")
+    if os.path.isfile(manifest_path):
+        if _read_json(manifest_path).get("build_key") != build_key:
+            raise SearchError(
+                f"{output_dir} already holds an index built with other arguments; use another output directory"
+            )
+        logger.info(f"{output_dir} already holds this index")
+        return GalleryIndex.load(output_dir)
+
+    with open(os.path.join(output_dir, "config.yaml"), "w") as f:
+        f.write(cfg.dump())
+    writer = _ShardWriter(output_dir, build_key, _load_progress(output_dir, build_key), cfg.MODEL.REID.EMBED_DIM)
+    _run(source, _Detector(model, cfg, score_thresh), writer, batch_size, shard_size)
+
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "build_key": build_key,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "gallery": source.describe(),
+        "model": dict(identity, config_file="config.yaml", config_path=config_path),
+        "embed_dim": cfg.MODEL.REID.EMBED_DIM,
+        "score_thresh": score_thresh,
+    }
+    return _consolidate(output_dir, writer.shards, manifest)
+
+
+def _run(source, detector, writer, batch_size, shard_size):
+    """Feed the not yet indexed gallery items through the detector in batches, flushing full shards."""
+    start = writer.next_position
+    batch = []
+
+    def run_batch():
+        for item, detections in zip(batch, detector([item.image for item in batch])):
+            writer.add(item, detections)
+        batch.clear()
+
+    position = start
+    for item in tqdm(source.iter_items(start), initial=start, total=len(source), desc="indexing", unit="img"):
+        position = item.position + 1
+        if item.image is None:
+            writer.skip(item)
+        else:
+            batch.append(item)
+            if len(batch) == batch_size:
+                run_batch()
+        # A shard ends on a batch boundary, so a resumed run forms the same batches as an uninterrupted one.
+        if not batch and position - writer.next_position >= shard_size:
+            writer.flush(position)
+    if batch:
+        run_batch()
+    writer.flush(position)
+
+
+def _consolidate(output_dir, shards, manifest):
+    """Merge the shards into the final arrays, write the manifest, remove the partial results."""
+    images, skipped, parts = [], [], []
+    for shard in shards:
+        with np.load(os.path.join(output_dir, shard["file"]), allow_pickle=False) as data:
+            part = {k: data[k] for k in _ARRAYS}
+            records = json.loads(str(data["records"]))
+        part["image_index"] = part["image_index"] + len(images)
+        parts.append(part)
+        images.extend(records["images"])
+        skipped.extend(records["skipped"])
+    arrays = _concatenate(parts, manifest["embed_dim"])
+    if skipped:
+        shown = ", ".join(skipped[:20]) + (f" and {len(skipped) - 20} more" if len(skipped) > 20 else "")
+        logger.warning(f"Skipped {len(skipped)} unreadable gallery images (listed in manifest.json): {shown}")
+    for name, array in arrays.items():
+        _atomic_write(os.path.join(output_dir, f"{name}.npy"), lambda f, a=array: np.save(f, a, allow_pickle=False))
+    manifest.update(
+        images=images,
+        skipped=skipped,
+        counts={"images": len(images), "skipped": len(skipped), "boxes": len(arrays["scores"])},
+    )
+    _atomic_write_json(os.path.join(output_dir, "manifest.json"), manifest)
+    shutil.rmtree(os.path.join(output_dir, "shards"), ignore_errors=True)
+    os.remove(os.path.join(output_dir, "progress.json"))
+    logger.info(f"Indexed {len(arrays['scores'])} persons in {len(images)} images into {output_dir}")
+    return GalleryIndex(output_dir, manifest, **arrays)
+
+
+class GalleryIndex:
+    """The detected persons of a gallery: embeddings, boxes, scores, their images, exact inner-product search."""
+
+    def __init__(self, root, manifest, embeddings, boxes, scores, image_index):
+        self.root = root
+        self.manifest = manifest
+        self.embeddings = embeddings
+        self.boxes = boxes
+        self.scores = scores
+        self.image_index = image_index
+        self._faiss_index = None
+
+    @classmethod
+    def load(cls, index_dir):
+        """Load an index directory written by :func:`build_index`."""
+        manifest_path = os.path.join(index_dir, "manifest.json")
+        if not os.path.isfile(manifest_path):
+            raise FileNotFoundError(f"{manifest_path} does not exist: {index_dir} is not a (finished) gallery index")
+        manifest = _read_json(manifest_path)
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise SearchError(
+                f"{manifest_path} has index format version {manifest.get('format_version')}, expected {FORMAT_VERSION}"
+            )
+        arrays = {k: np.load(os.path.join(index_dir, f"{k}.npy"), allow_pickle=False) for k in _ARRAYS}
+        n = len(arrays["scores"])
+        if arrays["embeddings"].shape != (n, manifest["embed_dim"]) or any(len(a) != n for a in arrays.values()):
+            raise SearchError(f"arrays of index {index_dir} disagree in length or embedding size: {manifest_path}")
+        return cls(index_dir, manifest, **arrays)
+
+    def __len__(self):
+        return len(self.scores)
+
+    @property
+    def config_file(self):
+        return os.path.join(self.root, self.manifest["model"]["config_file"])
+
+    def image_record(self, image_idx):
+        """The manifest record of an image (``path``, ``frame``, ``time``) with ``file``: its absolute path."""
+        record = dict(self.manifest["images"][image_idx])
+        gallery = self.manifest["gallery"]
+        is_folder = gallery["kind"] == "folder"
+        record["file"] = os.path.join(gallery["path"], record["path"]) if is_folder else gallery["path"]
+        return record
+
+    def search(self, query_embeddings, topk, backend="auto"):
+        """The ``topk`` indexed persons most similar (inner product) to each query, best first.
+
+        Args:
+            query_embeddings: (Q, D) or (D,) L2-normalised embeddings.
+            backend: "numpy" (one matrix product), "faiss" (exact IndexFlatIP) or "auto" (faiss from
+                :data:`FAISS_MIN_BOXES` boxes on). Both are exact and give the same ranking.
+
+        Returns:
+            (scores, indices): (Q, k) float32 similarities and int64 box indices, k = min(topk, len(self)).
+        """
+        queries = np.ascontiguousarray(np.atleast_2d(query_embeddings), dtype=np.float32)
+        if queries.shape[1] != self.embeddings.shape[1]:
+            raise SearchError(
+                f"query embeddings have dimension {queries.shape[1]}, index {self.root} {self.embeddings.shape[1]}"
+            )
+        if backend not in ("auto", "numpy", "faiss"):
+            raise SearchError(f"unknown search backend {backend!r}; expected auto, numpy or faiss")
+        if len(self) == 0:
+            raise SearchError(f"index {self.root} holds no detected persons: nothing to search")
+        k = min(int(topk), len(self))
+        if backend == "faiss" or (backend == "auto" and len(self) >= FAISS_MIN_BOXES):
+            scores, indices = self._faiss().search(queries, k)
+            return scores, indices.astype(np.int64)
+        similarities = queries @ self.embeddings.T
+        indices = np.argsort(-similarities, axis=1, kind="stable")[:, :k]  # stable: ties keep index order
+        return np.take_along_axis(similarities, indices, axis=1), indices
+
+    def _faiss(self):
+        if self._faiss_index is None:
+            import faiss
+
+            self._faiss_index = faiss.IndexFlatIP(self.embeddings.shape[1])
+            self._faiss_index.add(np.ascontiguousarray(self.embeddings, dtype=np.float32))
+        return self._faiss_index

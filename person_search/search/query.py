@@ -1,0 +1,237 @@
+"""Search a gallery index for a person given by a box in an image: ranked hits, results.json and results.jpg."""
+import json
+import logging
+import math
+import os
+
+import cv2
+import numpy as np
+import torch
+from detectron2.data import detection_utils as utils
+
+from .index import GalleryIndex, build_search_model, load_search_config, model_identity
+from .sources import SearchError, read_video_frames
+
+__all__ = ["parse_box", "check_box", "embed_query", "search_person", "draw_results"]
+
+logger = logging.getLogger(__name__)
+
+# Size (height, width) of each picture of the results grid, and how many pictures per row.
+TILE_SIZE = (240, 320)
+TILES_PER_ROW = 4
+
+
+def parse_box(text):
+    """``"x1,y1,x2,y2"`` -> [x1, y1, x2, y2] floats."""
+    parts = text.split(",")
+    try:
+        box = [float(p) for p in parts]
+    except ValueError:
+        box = []
+    if len(box) != 4:
+        raise SearchError(f"query box {text!r} is malformed: expected four numbers x1,y1,x2,y2")
+    return box
+
+
+def check_box(box, width, height, image_path):
+    """Raise unless ``box`` is four finite numbers x1 < x2, y1 < y2 inside a ``width`` x ``height`` image."""
+    try:
+        values = [float(v) for v in box]
+    except (TypeError, ValueError):
+        values = []
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise SearchError(f"query box {box!r} is malformed: expected four finite numbers x1, y1, x2, y2")
+    x1, y1, x2, y2 = values
+    if x2 <= x1 or y2 <= y1:
+        raise SearchError(f"query box {values} is empty: expected x1 < x2 and y1 < y2")
+    if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+        raise SearchError(f"query box {values} is not inside image {image_path} of size {width}x{height} (w x h)")
+    return values
+
+
+def _read_image(path, image_format):
+    try:
+        return utils.read_image(path, format=image_format)
+    except (OSError, ValueError, SyntaxError) as e:  # PIL: missing / unidentified / truncated files
+        raise SearchError(f"cannot read query image {path}: {e}") from e
+
+
+@torch.no_grad()
+def embed_query(model, cfg, image_path, box):
+    """The (D,) embedding of ``box`` (x1, y1, x2, y2, original coordinates) in ``image_path``.
+
+    Uses the evaluation's query path: :class:`PersonSearchDatasetMapper` (test-time resize, the box as
+    ``given_instances``) and ``model.inference(..., detected_instances=...)``.
+    """
+    from person_search.data import PersonSearchDatasetMapper
+
+    image = _read_image(image_path, cfg.INPUT.FORMAT)
+    height, width = image.shape[:2]
+    box = check_box(box, width, height, image_path)
+    record = {"file_name": image_path, "image_id": os.path.basename(image_path), "height": height, "width": width}
+    inputs = PersonSearchDatasetMapper(cfg, is_train=False)(dict(record, query_box=box))
+    given = inputs["given_instances"].to(model.device)
+    (output,) = model.inference([inputs], detected_instances=[given])
+    return output["instances"].pred_embeddings[0].float().cpu().numpy()
+
+
+def _query_model(index, cfg, weights, force):
+    """The model for querying ``index``: its recorded config and weights unless overridden, identity checked."""
+    recorded = index.manifest["model"]
+    if cfg is None:
+        cfg = load_search_config(index.config_file)
+    seed = recorded["random_seed"] if recorded["random_seed"] is not None else 0
+    if weights is None:
+        weights = recorded["weights"]
+    identity = model_identity(cfg, weights, seed=seed)
+    if identity["identity"] != recorded["identity"]:
+        message = (
+            f"the query model differs from the one index {index.root} was built with (config hash "
+            f"{identity['config_sha256'][:12]} vs {recorded['config_sha256'][:12]}, weights "
+            f"{identity['weights_sha256'] or 'random'} vs {recorded['weights_sha256'] or 'random'}): "
+            "its embeddings are not comparable"
+        )
+        if not force:
+            raise SearchError(message + "; use the index's config and weights, or force the search")
+        logger.warning(message + "; searching anyway (forced)")
+    # random weights are allowed here only as the ones the index was built with (or when forced)
+    model, _ = build_search_model(cfg, weights, allow_random_weights=True, seed=seed)
+    return model, cfg
+
+
+def search_person(
+    index_dir_or_index,
+    image_path,
+    box,
+    *,
+    topk=10,
+    out_dir=None,
+    cfg=None,
+    weights=None,
+    force=False,
+    backend="auto",
+):
+    """Rank the indexed persons by similarity to the person in ``box`` of ``image_path``.
+
+    Args:
+        index_dir_or_index: an index directory or a loaded :class:`GalleryIndex`.
+        box: [x1, y1, x2, y2] in the image's pixel coordinates.
+        out_dir: if given, write ``results.json`` and ``results.jpg`` (query crop + top hits) there.
+        cfg, weights: the query model; default: the config and weights recorded in the index. A model that
+            differs from the index's is refused unless ``force``.
+        backend: the search backend of :meth:`GalleryIndex.search`.
+
+    Returns:
+        dict with ``query`` (image, box, index), ``hits`` (rank, score, image, path, box, det_score, frame, time,
+        best first) and, with ``out_dir``, ``files`` (paths of the JSON and the picture).
+    """
+    index = index_dir_or_index
+    if not isinstance(index, GalleryIndex):
+        index = GalleryIndex.load(index)
+    if len(index) == 0:
+        raise SearchError(f"index {index.root} holds no detected persons: nothing to search")
+    if topk < 1:
+        raise SearchError(f"topk must be >= 1, got {topk}")
+    image_path = os.path.abspath(image_path)
+    # check the query before the (slow) model build
+    image = _read_image(image_path, "BGR")
+    box = check_box(box, image.shape[1], image.shape[0], image_path)
+
+    model, cfg = _query_model(index, cfg, weights, force)
+    embedding = embed_query(model, cfg, image_path, box)
+    scores, indices = index.search(embedding, topk, backend=backend)
+    hits = [_hit(index, rank, float(score), int(i)) for rank, (score, i) in enumerate(zip(scores[0], indices[0]), 1)]
+    result = {"query": {"image": image_path, "box": box, "index": os.path.abspath(index.root)}, "hits": hits}
+    if out_dir is not None:
+        result["files"] = _write_results(result, image, out_dir)
+    return result
+
+
+def _hit(index, rank, score, box_idx):
+    record = index.image_record(int(index.image_index[box_idx]))
+    return {
+        "rank": rank,
+        "score": score,
+        "image": record["file"],
+        "path": record["path"],
+        "frame": record["frame"],
+        "time": record["time"],
+        "box": [float(v) for v in index.boxes[box_idx]],
+        "det_score": float(index.scores[box_idx]),
+    }
+
+
+def _write_results(result, query_image, out_dir):
+    os.makedirs(out_dir, exist_ok=True)
+    files = {"json": os.path.join(out_dir, "results.json"), "picture": os.path.join(out_dir, "results.jpg")}
+    picture = draw_results(query_image, result["query"]["box"], result["hits"], _hit_images(result["hits"]))
+    if not cv2.imwrite(files["picture"], picture):
+        raise SearchError(f"cannot write {files['picture']}")
+    with open(files["json"], "w") as f:
+        json.dump(dict(result, files=files), f, indent=2)
+    return files
+
+
+def _hit_images(hits):
+    """The gallery picture of each hit (BGR), None where it cannot be read any more (logged)."""
+    frames = {}
+    for video in {h["image"] for h in hits if h["frame"] is not None}:
+        wanted = [h["frame"] for h in hits if h["image"] == video]
+        frames[video] = read_video_frames(video, wanted) if os.path.isfile(video) else {}
+    images, missing = [], []
+    for hit in hits:
+        if hit["frame"] is not None:
+            image = frames[hit["image"]].get(hit["frame"])
+        else:
+            image = cv2.imread(hit["image"], cv2.IMREAD_COLOR) if os.path.isfile(hit["image"]) else None
+        if image is None:
+            missing.append(hit["image"] if hit["frame"] is None else f"{hit['image']}@{hit['frame']}")
+        images.append(image)
+    if missing:
+        logger.warning(f"{len(missing)} gallery pictures of the hits cannot be read (moved?): {', '.join(missing)}")
+    return images
+
+
+def draw_results(query_image, query_box, hits, hit_images):
+    """A grid of pictures: the query crop, then each hit's gallery image with its box, rank and score.
+
+    Args:
+        query_image: the query image (BGR); query_box: [x1, y1, x2, y2] in it.
+        hits: hit dicts of :func:`search_person`; hit_images: their BGR images (None: drawn as a gray tile).
+
+    Returns:
+        the BGR picture.
+    """
+    x1, y1, x2, y2 = (int(round(v)) for v in query_box)
+    crop = query_image[y1 : max(y2, y1 + 1), x1 : max(x2, x1 + 1)]
+    tiles = [_tile(crop, None, "query", (255, 128, 0))]
+    for hit, image in zip(hits, hit_images):
+        label = f"#{hit['rank']} {hit['score']:.3f}" + (f" f{hit['frame']}" if hit["frame"] is not None else "")
+        tiles.append(_tile(image, hit["box"], label, (0, 200, 0)))
+    columns = min(len(tiles), TILES_PER_ROW)
+    rows = -(-len(tiles) // columns)
+    blank = np.full_like(tiles[0], 255)
+    tiles += [blank] * (rows * columns - len(tiles))
+    return np.vstack([np.hstack(tiles[r * columns : (r + 1) * columns]) for r in range(rows)])
+
+
+def _tile(image, box, label, color):
+    """``image`` letterboxed into a TILE_SIZE cell, ``box`` (original coordinates) and ``label`` drawn."""
+    height, width = TILE_SIZE
+    tile = np.full((height, width, 3), 127, np.uint8)
+    if image is not None:
+        scale = min(height / image.shape[0], width / image.shape[1])
+        size = (max(1, int(image.shape[1] * scale)), max(1, int(image.shape[0] * scale)))
+        resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        top, left = (height - size[1]) // 2, (width - size[0]) // 2
+        tile[top : top + size[1], left : left + size[0]] = resized
+        if box is not None:
+            p1 = (int(left + box[0] * scale), int(top + box[1] * scale))
+            p2 = (int(left + box[2] * scale), int(top + box[3] * scale))
+            cv2.rectangle(tile, p1, p2, color, 2)
+    else:
+        label += " (missing)"
+    cv2.rectangle(tile, (0, 0), (width - 1, 18), (0, 0, 0), -1)
+    cv2.putText(tile, label, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, 1, cv2.LINE_AA)
+    cv2.rectangle(tile, (0, 0), (width - 1, height - 1), (255, 255, 255), 1)
+    return tile
