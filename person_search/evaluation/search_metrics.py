@@ -176,9 +176,6 @@ class ListedGalleries:
         mask[rows, self.images[lo:hi]] = True
         return mask
 
-    def mean_size(self):
-        return (self.offsets[-1] - self.offsets[0]) / max(self.offsets.size - 1, 1)
-
 
 @dataclass(frozen=True)
 class ExcludedGalleries:
@@ -201,7 +198,6 @@ class ExcludedGalleries:
         if self.query_camera is not None:
             mask &= self.image_camera[None, :] != self.query_camera[start:stop, None]
         return mask
-
 
 
 @dataclass(frozen=True)
@@ -263,18 +259,22 @@ def evaluate_search(query_embeddings, detections, positives, galleries, max_chun
     num_matched = np.zeros(num_queries, dtype=np.int64)
     num_positives = np.bincount(pos_query, minlength=num_queries).astype(np.int64)
 
-    chunk = _chunk_size(num_queries, num_dets, galleries, max_chunk_bytes)
+    det_counts = np.diff(detections.offsets)
+    chunk = _chunk_size(num_queries, num_dets, max_chunk_bytes)
     col_of_det = np.full(num_dets, -1, dtype=np.int64)
     for start in range(0, num_queries, chunk):
         stop = min(start + chunk, num_queries)
         image_mask = galleries.mask(start, stop, detections.num_images)
         _check_positives_in_gallery(image_mask, start, pos_query, pos_image, pos_by_query)
 
-        cols = np.flatnonzero(image_mask.any(axis=0)[det_image])
+        # columns: the detections of the images some query of the chunk searches, in gallery order
+        used = image_mask.any(axis=0)
+        cols = np.flatnonzero(used[det_image])
         col_of_det[cols] = np.arange(cols.size)
-        sims = query_embeddings[start:stop] @ gallery_embeddings[cols].T
+        chunk_gallery = gallery_embeddings if cols.size == num_dets else gallery_embeddings[cols]
+        sims = query_embeddings[start:stop] @ chunk_gallery.T
         sims += 0.0  # turns -0.0 into +0.0 so that the sort key below orders exactly like float comparison
-        valid = image_mask[:, det_image[cols]]
+        valid = np.repeat(image_mask[:, used], det_counts[used], axis=1)
 
         lo, hi = np.searchsorted(pair_query, [start, stop])
         rows, matched_cols = _matched_detections(
@@ -289,14 +289,10 @@ def evaluate_search(query_embeddings, detections, positives, galleries, max_chun
     return SearchResult(ap, first_hit_rank, num_matched, num_positives)
 
 
-def _chunk_size(num_queries, num_dets, galleries, max_chunk_bytes):
-    """Queries per chunk: bounded by memory. For listed galleries the chunk is also kept small enough that the
-    union of its galleries stays about 1/8 of all images; otherwise the matrix product would compute mostly
-    similarities that no query of the chunk needs."""
+def _chunk_size(num_queries, num_dets, max_chunk_bytes):
+    """Queries per chunk, bounded by memory. Chunks are as large as memory allows because the matrix product of
+    a few queries is far less efficient per query than that of hundreds."""
     chunk = max_chunk_bytes // max(_BYTES_PER_ELEMENT * num_dets, 1)
-    if isinstance(galleries, ListedGalleries) and galleries.images.size:
-        fraction = galleries.mean_size() / (int(galleries.images.max()) + 1)
-        chunk = min(chunk, int(1.0 / (8.0 * fraction)))
     return int(np.clip(chunk, 1, max(num_queries, 1)))
 
 
@@ -351,7 +347,7 @@ def _rank_matched(sims, valid, rows, cols, max_chunk_bytes):
     Only detections at least as similar as the row's least similar match can change either number, so only those
     candidates are sorted; rows are processed in blocks that keep the candidates within the memory bound.
     """
-    num_rows = sims.shape[0]
+    num_rows, num_cols = sims.shape
     ap_sum = np.zeros(num_rows)
     first_rank = np.full(num_rows, -1, dtype=np.int64)
     if rows.size == 0:
@@ -359,29 +355,34 @@ def _rank_matched(sims, valid, rows, cols, max_chunk_bytes):
     lowest = np.full(num_rows, np.inf, dtype=np.float32)
     np.minimum.at(lowest, rows, sims[rows, cols])
     candidate = valid & (sims >= lowest[:, None])
-    is_match = np.zeros(sims.shape, dtype=bool)
-    is_match[rows, cols] = True
+    matches = np.sort(rows * num_cols + cols)  # flat indices, like the candidates'
 
     per_row = np.count_nonzero(candidate, axis=1)
     limit = max(max_chunk_bytes // _BYTES_PER_CANDIDATE, int(per_row.max()))
     cumulative = np.cumsum(per_row)
-    block_start = 0
-    while block_start < num_rows:
-        base = cumulative[block_start - 1] if block_start else 0
-        block_stop = max(int(np.searchsorted(cumulative, base + limit, side="right")), block_start + 1)
-        block = slice(block_start, block_stop)
-        ap_sum[block], first_rank[block] = _rank_block(sims[block], candidate[block], is_match[block])
-        block_start = block_stop
+    start = 0
+    while start < num_rows:
+        base = cumulative[start - 1] if start else 0
+        stop = max(int(np.searchsorted(cumulative, base + limit, side="right")), start + 1)
+        flat = np.flatnonzero(candidate[start:stop]) + start * num_cols  # ascending row, then column
+        lo, hi = np.searchsorted(matches, [start * num_cols, stop * num_cols])
+        is_match = np.zeros(flat.size, dtype=bool)
+        is_match[np.searchsorted(flat, matches[lo:hi])] = True
+        row_in_block = flat // num_cols - start
+        ap_sum[start:stop], first_rank[start:stop] = _rank_block(
+            row_in_block, sims.reshape(-1)[flat], is_match, stop - start
+        )
+        start = stop
     return ap_sum, first_rank
 
 
-def _rank_block(sims, candidate, is_match):
-    """Rank the candidates of each row (stable, descending similarity) and score the matches among them."""
-    num_rows = sims.shape[0]
-    rows, cols = np.nonzero(candidate)  # row-major: ascending row, then ascending column (gallery order)
-    values = sims[rows, cols]
+def _rank_block(rows, values, is_match, num_rows):
+    """Rank candidates within each row (stable, descending similarity) and score the matches among them.
+
+    ``rows``, ``values``, ``is_match``: the candidates, ordered by row then gallery order.
+    """
     order = np.argsort(_descending_key(rows, values), kind="stable")
-    rows, values, match = rows[order], values[order], is_match[rows[order], cols[order]]
+    rows, values, match = rows[order], values[order], is_match[order]
 
     row_start = np.searchsorted(rows, np.arange(num_rows))
     position = np.arange(rows.size) - row_start[rows]
