@@ -35,6 +35,19 @@ class _MissingCompiledOps(types.ModuleType):
 
     is_person_search_fallback = True
 
+    # Build information that detectron2.utils.collect_env (run by default_setup) asks the extension for.
+    @staticmethod
+    def get_compiler_version():
+        return "none: detectron2 installed without compiled ops (person_search.compat fallback)"
+
+    @staticmethod
+    def get_cuda_version():
+        return "none: detectron2 installed without compiled ops"
+
+    @staticmethod
+    def has_cuda():
+        return False
+
     def __getattr__(self, name):
         if name.startswith("__"):
             raise AttributeError(name)

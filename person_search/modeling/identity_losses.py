@@ -110,10 +110,12 @@ class OIMLoss(nn.Module):
 
     def forward(self, features, pids):
         _check_inputs(features, pids, self.num_labeled, "OIMLoss")
-        features = features.float()  # the tables stay fp32 under autocast
+        features = features.float()
         labeled = pids >= 0
         if labeled.any():
-            loss = F.cross_entropy(self.logits(features[labeled]), pids[labeled])
+            # fp32 even under autocast: the tables hold unit vectors whose scaled dot products need the precision
+            with torch.autocast(features.device.type, enabled=False):
+                loss = F.cross_entropy(self.logits(features[labeled]), pids[labeled])
         else:
             loss = _zero_loss(features)
         if self.training:
@@ -171,4 +173,5 @@ class SoftmaxIdentityLoss(nn.Module):
         labeled = pids >= 0
         if not labeled.any():
             return _zero_loss(self.classifier(features))
-        return F.cross_entropy(self.classifier(features[labeled].float()), pids[labeled])
+        with torch.autocast(features.device.type, enabled=False):
+            return F.cross_entropy(self.classifier(features[labeled].float()), pids[labeled])

@@ -1,0 +1,132 @@
+"""PersonSearchTrainer: detectron2's DefaultTrainer with person-search data, evaluation and mixed precision."""
+import itertools
+import logging
+import os
+from collections import OrderedDict
+
+from detectron2.data import MetadataCatalog, build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data.samplers import TrainingSampler
+from detectron2.engine import DefaultTrainer
+from detectron2.evaluation import print_csv_format
+from detectron2.utils import comm
+
+from .train_loop import MixedPrecisionTrainer, amp_dtype_from_config
+
+__all__ = ["PersonSearchTrainer", "ResumableTrainingSampler"]
+
+logger = logging.getLogger(__name__)
+
+
+class ResumableTrainingSampler(TrainingSampler):
+    """detectron2's infinite TrainingSampler, started ``skip`` indices into its (seeded) stream.
+
+    With a fixed ``cfg.SEED``, resuming at iteration ``i`` skips the ``i * images_per_worker`` indices the
+    interrupted run already consumed, so the resumed run sees the batches the uninterrupted run would have seen
+    (exactly so without aspect-ratio grouping, or when all images share one aspect-ratio group).
+    """
+
+    def __init__(self, size, *, skip=0, **kwargs):
+        super().__init__(size, **kwargs)
+        self._skip = skip
+
+    def __iter__(self):
+        yield from itertools.islice(super().__iter__(), self._skip, None)
+
+
+class PersonSearchTrainer(DefaultTrainer):
+    """Trainer for the person-search models (``train_net.py``) and the crop re-ID model of the same plugin."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        # Swap in the training step with the autocast switch; model, optimizer and data loader stay the same.
+        loop = self._trainer
+        self._trainer = MixedPrecisionTrainer(
+            loop.model, loop.data_loader, loop.optimizer, amp_dtype=amp_dtype_from_config(cfg)
+        )
+
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume=resume)
+        if self.start_iter > 0:
+            self._trainer.set_data_loader(self.build_train_loader(self.cfg, start_iter=self.start_iter))
+
+    @classmethod
+    def build_train_loader(cls, cfg, start_iter=0):
+        dataset = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+        )
+        images_per_worker = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
+        seed = cfg.SEED if cfg.SEED >= 0 else None
+        sampler = ResumableTrainingSampler(len(dataset), skip=start_iter * images_per_worker, seed=seed)
+        return build_detection_train_loader(cfg, dataset=dataset, mapper=cls.build_train_mapper(cfg), sampler=sampler)
+
+    @classmethod
+    def build_train_mapper(cls, cfg):
+        from person_search.data import PersonSearchDatasetMapper
+
+        if cfg.MODEL.META_ARCHITECTURE == "ReIDCropNet":
+            from person_search.data.reid_mapper import ReIDCropMapper
+
+            return ReIDCropMapper(cfg, is_train=True)
+        return PersonSearchDatasetMapper(cfg, is_train=True)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None, use_gt_boxes=False):
+        """The evaluator named by the dataset's ``evaluator_type`` metadata."""
+        from person_search.evaluation import PersonSearchEvaluator
+
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        meta = MetadataCatalog.get(dataset_name)
+        evaluator_type = getattr(meta, "evaluator_type", None)
+        if evaluator_type == "person_search":
+            return PersonSearchEvaluator(
+                dataset_name,
+                gallery_size=cfg.TEST.PERSON_SEARCH.GALLERY_SIZE,
+                cross_camera=cfg.TEST.PERSON_SEARCH.CROSS_CAMERA,
+                det_thresh=cfg.TEST.PERSON_SEARCH.DET_THRESH,
+                output_dir=output_folder,
+                use_gt_boxes=use_gt_boxes,
+            )
+        if evaluator_type == "reid":
+            from person_search.evaluation.reid_evaluation import ReIDEvaluator
+
+            return ReIDEvaluator(meta.query_dataset, dataset_name)
+        raise NotImplementedError(
+            f"dataset '{dataset_name}' has evaluator_type {evaluator_type!r}; PersonSearchTrainer evaluates "
+            "'person_search' gallery sets and 'reid' gallery sets (put the gallery split in DATASETS.TEST)"
+        )
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Evaluate on every ``cfg.DATASETS.TEST`` gallery set; also with ground-truth gallery boxes if asked.
+
+        Returns an OrderedDict ``{dataset_name: results}`` (``{dataset_name + "/gt_boxes": ...}`` for the
+        ground-truth-box variant), as DefaultTrainer.test does.
+        """
+        from person_search.evaluation import build_person_search_test_loaders, inference_on_person_search
+
+        if evaluators is not None and len(evaluators) != len(cfg.DATASETS.TEST):
+            raise ValueError(f"{len(evaluators)} evaluators given for {len(cfg.DATASETS.TEST)} test datasets")
+        results = OrderedDict()
+        for i, name in enumerate(cfg.DATASETS.TEST):
+            evaluator = evaluators[i] if evaluators is not None else cls.build_evaluator(cfg, name)
+            evaluator_type = MetadataCatalog.get(name).evaluator_type
+            if evaluator_type == "reid":
+                from person_search.evaluation.reid_evaluation import build_reid_test_loader, inference_on_reid
+
+                results[name] = inference_on_reid(model, build_reid_test_loader(cfg, name), evaluator)
+                continue
+            variants = [(name, evaluator, False)]
+            if cfg.TEST.PERSON_SEARCH.USE_GT_BOXES:
+                variants.append((name + "/gt_boxes", cls.build_evaluator(
+                    cfg, name, os.path.join(cfg.OUTPUT_DIR, "inference", name, "gt_boxes"), use_gt_boxes=True
+                ), True))
+            for key, variant_evaluator, use_gt in variants:
+                gallery_loader, query_loader = build_person_search_test_loaders(cfg, name, use_gt_boxes=use_gt)
+                results[key] = inference_on_person_search(model, gallery_loader, query_loader, variant_evaluator)
+                if comm.is_main_process():
+                    logger.info(f"Evaluation results for {key} in csv format:")
+                    print_csv_format(results[key])
+        return results
