@@ -350,3 +350,20 @@ def test_build_test_loaders(prw, monkeypatch):
     queries = [x for batch in query_loader for x in batch]
     assert [x["image_id"] for x in gallery] == ["f0", "f1", "f2", "f3"] and all(x["gt_flag"] for x in gallery)
     assert [x["query_id"] for x in queries] == [0, 1] and not any(x["gt_flag"] for x in queries)
+
+
+def test_full_set_protocol_must_list_every_other_image():
+    name = f"test_cuhk_{uuid.uuid4().hex}"
+
+    def short_protocol(gallery_size):
+        entries = _cuhk_protocol(-1)
+        return [entries[0], dict(entries[1], gallery=entries[1]["gallery"][:3])]  # g4 missing for query 1
+
+    gallery = _register(name, CUHK_GALLERY, CUHK_QUERIES, protocol="cuhk_sysu", gallery_sizes=(2,),
+                        search_protocol=short_protocol)
+    try:
+        with pytest.raises(ValueError, match="query_id 1: gallery of 3 images, expected every image"):
+            _feed(PersonSearchEvaluator(gallery, gallery_size=-1), CUHK_GALLERY, CUHK_DETS, CUHK_QUERIES,
+                  CUHK_QUERY_EMB).evaluate()
+    finally:
+        _unregister(name)

@@ -143,7 +143,7 @@ class PersonSearchEvaluator(DatasetEvaluator):
         results = OrderedDict()
         results["detection"] = self._detection_metrics(gallery_dicts, per_image)
         if self._meta.protocol == "cuhk_sysu":
-            positives, galleries = self._cuhk_sysu_protocol(gallery_dicts, len(query_dicts))
+            positives, galleries = self._cuhk_sysu_protocol(gallery_dicts, query_dicts)
         else:
             positives, galleries = self._prw_protocol(gallery_dicts, query_dicts)
         search = evaluate_search(query_embeddings, detections, positives, galleries)
@@ -242,29 +242,38 @@ class PersonSearchEvaluator(DatasetEvaluator):
             "recall_labeled": 100.0 * labeled["recall"],
         }
 
-    def _cuhk_sysu_protocol(self, gallery_dicts, num_queries):
-        """Positives and listed galleries from the metadata's ``search_protocol(gallery_size)``."""
+    def _cuhk_sysu_protocol(self, gallery_dicts, query_dicts):
+        """Positives and galleries from the metadata's ``search_protocol(gallery_size)``.
+
+        The whole-set gallery (-1) is by definition every gallery image except the query's own; it is used as
+        such (only its length is checked) instead of mapping 2,900 lists of ~7,000 names to indices.
+        """
         entries = self._meta.search_protocol(self._gallery_size)
-        if len(entries) != num_queries:
+        if len(entries) != len(query_dicts):
             raise ValueError(
                 f"search_protocol({self._gallery_size}) of '{self._gallery_name}' has {len(entries)} queries, "
-                f"'{self._query_name}' has {num_queries}"
+                f"'{self._query_name}' has {len(query_dicts)}"
             )
         index = {d["image_id"]: i for i, d in enumerate(gallery_dicts)}
+        query_image = np.array([index.get(q["image_id"], -1) for q in query_dicts], dtype=np.int64)
+        whole_set = self._gallery_size == -1
         lists, pos_boxes = [], []
         for qid, entry in enumerate(entries):
-            try:
-                lists.append(np.fromiter(map(index.__getitem__, entry["gallery"]), np.int64, len(entry["gallery"])))
-            except KeyError as e:
-                raise ValueError(
-                    f"search_protocol({self._gallery_size}), query_id {qid}: gallery image {e} is not in "
-                    f"'{self._gallery_name}'"
-                ) from None
             boxes = np.asarray(entry["positive_boxes"], dtype=np.float64).reshape(-1, 4)
-            if boxes.shape[0] > lists[-1].size:
+            gallery = entry["gallery"]
+            if whole_set:
+                expected = len(gallery_dicts) - (query_image[qid] >= 0)
+                if len(gallery) != expected:
+                    raise ValueError(
+                        f"search_protocol(-1), query_id {qid}: gallery of {len(gallery)} images, expected every "
+                        f"image of '{self._gallery_name}' except the query image ({expected})"
+                    )
+                gallery = gallery[: boxes.shape[0]]
+            lists.append(self._image_indices(index, gallery, qid))
+            if boxes.shape[0] > len(entry["gallery"]):
                 raise ValueError(
                     f"search_protocol({self._gallery_size}), query_id {qid}: {boxes.shape[0]} positive boxes "
-                    f"for a gallery of {lists[-1].size} images"
+                    f"for a gallery of {len(entry['gallery'])} images"
                 )
             pos_boxes.append(boxes)
         counts = np.array([b.shape[0] for b in pos_boxes], dtype=np.int64)
@@ -273,7 +282,17 @@ class PersonSearchEvaluator(DatasetEvaluator):
         # positives are the first len(positive_boxes) entries of each gallery list
         first_entries, owner = ragged_arange(offsets[:-1], counts)
         positives = SearchPositives(owner, images[first_entries], np.concatenate(pos_boxes))
-        return positives, ListedGalleries(offsets, images)
+        galleries = ExcludedGalleries(query_image) if whole_set else ListedGalleries(offsets, images)
+        return positives, galleries
+
+    def _image_indices(self, index, image_ids, qid):
+        try:
+            return np.fromiter(map(index.__getitem__, image_ids), np.int64, len(image_ids))
+        except KeyError as e:
+            raise ValueError(
+                f"search_protocol({self._gallery_size}), query_id {qid}: gallery image {e} is not in "
+                f"'{self._gallery_name}'"
+            ) from None
 
     def _prw_protocol(self, gallery_dicts, query_dicts):
         """Positives from the gallery annotations: frames (other than the query's) holding the query's person."""
