@@ -6,10 +6,12 @@ __all__ = ["main"]
 
 def build_parser():
     from . import __version__
+    from .search.cli_commands import add_search_subcommands
 
     parser = argparse.ArgumentParser(prog="person-search", description=__doc__)
     parser.add_argument("--version", action="version", version=f"person_search {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_search_subcommands(subparsers)
     return parser
 
 
