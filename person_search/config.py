@@ -40,6 +40,13 @@ def add_person_search_config(cfg):
 
     # Crop re-ID meta-architecture (ReIDCropNet): input size of the crops (height, width).
     _C.INPUT.REID_CROP_SIZE = (256, 128)
+    # Crop re-ID training augmentation: zero padding on every side before a random crop back to REID_CROP_SIZE
+    # (common re-ID practice: 10 pixels at 256x128; 0 disables pad + crop).
+    _C.INPUT.REID_CROP_PADDING = 10
+
+    _C.TEST.REID = CN()
+    # Crops per batch and device of the crop re-ID test loader (query + gallery crops in one loader).
+    _C.TEST.REID.IMS_PER_BATCH = 64
 
     _C.TEST.PERSON_SEARCH = CN()
     # CUHK-SYSU gallery size: 50, 100, 500, 1000, 2000, 4000 or -1 (the whole 6,978-image test set).

@@ -7,6 +7,9 @@ from .builtin import register_person_search_datasets
 from .cuhk_sysu import cuhk_sysu_num_labeled, cuhk_sysu_search_protocol, load_cuhk_sysu
 from .mapper import PersonSearchDatasetMapper
 from .prw import load_prw, prw_num_labeled
+from .reid_datasets import (  # noqa: F401  (crop re-ID datasets)
+    extract_cuhk03_images, load_cuhk03, load_dukemtmc, load_market1501, register_reid_datasets, register_reid_splits
+)
 
 __all__ = [
     "PersonSearchDatasetMapper",
@@ -19,3 +22,4 @@ __all__ = [
 ]
 
 register_person_search_datasets()
+register_reid_datasets()

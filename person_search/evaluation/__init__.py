@@ -2,6 +2,7 @@
 from .detection_metrics import evaluate_detections
 from .inference import build_person_search_test_loaders, inference_on_person_search
 from .person_search_evaluation import PersonSearchEvaluator
+from .reid_evaluation import ReIDEvaluator, build_reid_test_loader, evaluate_reid, inference_on_reid  # noqa: F401
 from .search_metrics import average_precision, evaluate_search
 
 __all__ = [

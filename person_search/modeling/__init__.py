@@ -2,6 +2,7 @@
 from .embedding_head import IdentityEmbeddingHead
 from .identity_losses import IDENTITY_LOSS_REGISTRY, OIMLoss, SoftmaxIdentityLoss, build_identity_loss
 from .roi_heads import ReIDRes5ROIHeads, ReIDStandardROIHeads
+from .crop_reid import ReIDCropNet  # noqa: F401  (registers the crop re-ID meta-architecture)
 
 __all__ = [
     "IDENTITY_LOSS_REGISTRY",
