@@ -25,30 +25,32 @@ def _load_train(name, root, loader, num_labeled):
     return dicts
 
 
-def _register(prefix, dataset_root, loader, num_labeled):
-    """Register ``<prefix>_{train,query,gallery}``; the dataset prefix is also the protocol name."""
+def _register(prefix, dataset_root, loader, num_labeled, protocol=None):
+    """Register ``<prefix>_{train,query,gallery}`` with ``protocol`` (default: the prefix) in the metadata."""
+    protocol = protocol or prefix
     common = {"evaluator_type": EVALUATOR_TYPE, "thing_classes": ["person"], "dataset_root": dataset_root}
     train, query, gallery = f"{prefix}_train", f"{prefix}_query", f"{prefix}_gallery"
     DatasetCatalog.register(train, functools.partial(_load_train, train, dataset_root, loader, num_labeled))
     MetadataCatalog.get(train).set(**common)
     DatasetCatalog.register(query, functools.partial(loader, dataset_root, "query"))
-    MetadataCatalog.get(query).set(protocol=prefix, **common)
+    MetadataCatalog.get(query).set(protocol=protocol, **common)
     DatasetCatalog.register(gallery, functools.partial(loader, dataset_root, "gallery"))
-    MetadataCatalog.get(gallery).set(protocol=prefix, query_dataset=query, **common)
+    MetadataCatalog.get(gallery).set(protocol=protocol, query_dataset=query, **common)
 
 
-def register_cuhk_sysu(root):
-    """Register cuhk_sysu_{train,gallery,query} for the dataset folder ``<root>/CUHK-SYSU``."""
-    dataset_root = os.path.join(root, "CUHK-SYSU")
-    _register("cuhk_sysu", dataset_root, load_cuhk_sysu, cuhk_sysu_num_labeled)
-    MetadataCatalog.get("cuhk_sysu_gallery").set(
+def register_cuhk_sysu(root, prefix="cuhk_sysu", folder="CUHK-SYSU"):
+    """Register <prefix>_{train,gallery,query} for a CUHK-SYSU-format folder ``<root>/<folder>``."""
+    dataset_root = os.path.join(root, folder)
+    _register(prefix, dataset_root, load_cuhk_sysu, cuhk_sysu_num_labeled, protocol="cuhk_sysu")
+    MetadataCatalog.get(f"{prefix}_gallery").set(
         gallery_sizes=GALLERY_SIZES, search_protocol=functools.partial(cuhk_sysu_search_protocol, dataset_root)
     )
 
 
-def register_prw(root):
-    """Register prw_{train,gallery,query} for ``<root>/PRW`` (``<root>/PRW-v16.04.20`` if only that exists)."""
-    _register("prw", os.path.join(root, "PRW"), load_prw, prw_num_labeled)
+def register_prw(root, prefix="prw", folder="PRW"):
+    """Register <prefix>_{train,gallery,query} for ``<root>/<folder>`` (PRW: ``PRW-v16.04.20`` if only that
+    exists)."""
+    _register(prefix, os.path.join(root, folder), load_prw, prw_num_labeled, protocol="prw")
 
 
 def register_person_search_datasets(root=None):
@@ -60,3 +62,7 @@ def register_person_search_datasets(root=None):
         root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
     register_cuhk_sysu(root)
     register_prw(root)
+    # Synthetic sets written by datasets/prepare_synthetic.py --output <root>/synthetic/{CUHK-SYSU,PRW}
+    # (the demo and the synthetic configs use them; same formats and protocols as the real datasets).
+    register_cuhk_sysu(root, prefix="synthetic_cuhk_sysu", folder=os.path.join("synthetic", "CUHK-SYSU"))
+    register_prw(root, prefix="synthetic_prw", folder=os.path.join("synthetic", "PRW"))

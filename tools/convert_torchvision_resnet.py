@@ -1,0 +1,37 @@
+#!/usr/bin/env python
+"""Convert a torchvision ResNet checkpoint (e.g. resnet50-*.pth) to a detectron2 .pkl for MODEL.WEIGHTS.
+
+    python tools/convert_torchvision_resnet.py resnet50.pth R-50-torchvision.pkl
+
+Train with the converted weights using the torchvision input settings it prints (RGB, torchvision mean/std,
+STRIDE_IN_1X1 False), e.g. configs/CUHK-SYSU/oim_R_50_C4_cuhk_sysu_torchvision.yaml.
+"""
+import argparse
+import os
+
+import torch
+
+from person_search.checkpoint import TORCHVISION_INPUT_CONFIG, convert_torchvision_resnet, save_detectron2_weights
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", help="torchvision ResNet state dict (.pth)")
+    parser.add_argument("output", help="detectron2 weights file to write (.pkl)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    args = parser.parse_args()
+    if not os.path.isfile(args.input):
+        parser.error(f"input file {args.input} does not exist")
+    if os.path.exists(args.output) and not args.overwrite:
+        parser.error(f"{args.output} exists; pass --overwrite to replace it")
+    state = torch.load(args.input, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    weights = convert_torchvision_resnet(state)
+    save_detectron2_weights(weights, args.output)
+    print(f"wrote {len(weights)} tensors to {args.output}; train with:")
+    for key, value in TORCHVISION_INPUT_CONFIG.items():
+        print(f"  {key} {value}")
+
+
+if __name__ == "__main__":
+    main()
