@@ -446,6 +446,8 @@ class GalleryIndex:
             raise SearchError(f"unknown search backend {backend!r}; expected auto, numpy or faiss")
         if len(self) == 0:
             raise SearchError(f"index {self.root} holds no detected persons: nothing to search")
+        if topk < 1:
+            raise SearchError(f"topk must be >= 1, got {topk}")
         k = min(int(topk), len(self))
         if backend == "faiss" or (backend == "auto" and len(self) >= FAISS_MIN_BOXES):
             scores, indices = self._faiss().search(queries, k)
