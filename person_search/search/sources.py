@@ -83,10 +83,6 @@ class ImageFolderSource:
         listing = hashlib.sha256(json.dumps(self.paths).encode()).hexdigest()
         return {"kind": self.kind, "path": self.root, "listing_sha256": listing}
 
-    def resolve(self, record):
-        """Absolute path of the image of a manifest record."""
-        return os.path.join(self.root, record["path"])
-
     def iter_items(self, start=0):
         """Items from position ``start`` on; an unreadable image comes with ``image`` None."""
         for position in range(start, len(self.paths)):
@@ -125,9 +121,6 @@ class VideoSource:
     def describe(self):
         stat = os.stat(self.path)
         return {"kind": self.kind, "path": self.path, "every": self.every, "size": stat.st_size, "fps": self.fps}
-
-    def resolve(self, record):
-        return self.path
 
     def iter_items(self, start=0):
         """Sampled frames from sample position ``start`` on (earlier frames are grabbed without decoding)."""
