@@ -20,7 +20,7 @@ import shutil
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -246,20 +246,29 @@ def _mat_element(mi_type: int, payload: bytes) -> bytes:
     return struct.pack("<II", mi_type, n) + payload + b"\0" * (-n % 8)
 
 
+def _mat_matrix_head(mx_class: int, shape: Sequence[int], name: bytes = b"") -> bytes:
+    """Array flags, dimensions and name: the sub-elements every miMATRIX starts with."""
+    return (_mat_element(_MI_UINT32, struct.pack("<II", mx_class, 0))
+            + _mat_element(_MI_INT32, struct.pack(f"<{len(shape)}i", *shape))
+            + _mat_element(_MI_INT8, name))
+
+
 def _mat_matrix(mx_class: int, shape: Sequence[int], body: bytes, name: bytes = b"") -> bytes:
-    sub = (_mat_element(_MI_UINT32, struct.pack("<II", mx_class, 0))
-           + _mat_element(_MI_INT32, struct.pack(f"<{len(shape)}i", *shape))
-           + _mat_element(_MI_INT8, name) + body)
+    sub = _mat_matrix_head(mx_class, shape, name) + body
     return struct.pack("<II", _MI_MATRIX, len(sub)) + sub
+
+
+def _mat_struct_head(fields: Sequence[str], n: int, name: bytes = b"") -> bytes:
+    """Everything of a (1, n) struct array's miMATRIX after its tag, up to the elements' field values."""
+    width = max(len(f) for f in fields) + 1
+    return (_mat_matrix_head(_MX_STRUCT, (1, n), name) + _mat_element(_MI_INT32, struct.pack("<i", width))
+            + _mat_element(_MI_INT8, b"".join(f.encode().ljust(width, b"\0") for f in fields)))
 
 
 def _mat_struct_bytes(fields: Sequence[str], element_bodies: Sequence[bytes], name: bytes = b"") -> bytes:
     """(1, n) struct array from each element's encoded field values (concatenated in field order)."""
-    width = max(len(f) for f in fields) + 1
-    body = (_mat_element(_MI_INT32, struct.pack("<i", width))
-            + _mat_element(_MI_INT8, b"".join(f.encode().ljust(width, b"\0") for f in fields))
-            + b"".join(element_bodies))
-    return _mat_matrix(_MX_STRUCT, (1, len(element_bodies)), body, name)
+    sub = _mat_struct_head(fields, len(element_bodies), name) + b"".join(element_bodies)
+    return struct.pack("<II", _MI_MATRIX, len(sub)) + sub
 
 
 def _mat_encode(value, name: bytes = b"") -> bytes:
@@ -284,13 +293,36 @@ def _mat_encode(value, name: bytes = b"") -> bytes:
     return _mat_matrix(mx_class, shape, _mat_element(mi_type, value.tobytes(order="F")), name)
 
 
+_MAT_HEADER = (f"MATLAB 5.0 MAT-file, written by {_GENERATOR}".encode().ljust(116, b" ") + b"\0" * 8
+               + struct.pack("<H", 0x0100) + b"IM")
+
+
 def _savemat(path: str, variables: Dict[str, object]) -> None:
     """Writes a MAT-file (level 5, little endian, uncompressed) readable by scipy.io.loadmat and MATLAB."""
-    header = f"MATLAB 5.0 MAT-file, written by {_GENERATOR}".encode().ljust(116, b" ")
     with open(path, "wb") as f:
-        f.write(header + b"\0" * 8 + struct.pack("<H", 0x0100) + b"IM")
+        f.write(_MAT_HEADER)
         for key, value in variables.items():
             f.write(_mat_encode(value, key.encode()))
+
+
+def _savemat_struct_stream(path: str, key: str, fields: Sequence[str], n: int, bodies: Iterable[bytes]) -> None:
+    """Writes one (1, n) struct variable whose ``n`` encoded elements come from ``bodies`` one at a time, so a
+    multi-gigabyte file never sits in memory; the length in the variable's tag is filled in at the end."""
+    with open(path, "wb") as f:
+        f.write(_MAT_HEADER)
+        tag_at = f.tell()
+        head = _mat_struct_head(fields, n, key.encode())
+        f.write(struct.pack("<II", _MI_MATRIX, 0) + head)
+        size, count = len(head), 0
+        for body in bodies:
+            f.write(body)
+            size, count = size + len(body), count + 1
+        if count != n:
+            raise ValueError(f"{path}: {key} was declared with {n} elements but {count} were written")
+        if size >= 2 ** 32:
+            raise ValueError(f"{path}: {key} needs {size} bytes, more than a level-5 MAT-file variable can hold")
+        f.seek(tag_at + 4)
+        f.write(struct.pack("<I", size))
 
 
 _EMPTY = np.zeros((0, 0))
@@ -467,9 +499,9 @@ def generate_cuhk_sysu(root: str, *, preset: str = "tiny", num_identities: Optio
             logger.warning(msg)
             continue
         grng = _stream(seed, "cuhk_sysu", 2, size)
-        rows = [(query_record(q), gallery(q, size, grng)) for q in range(n_test_ids)]
-        _savemat(os.path.join(ann, "test", "train_test", f"TestG{size}.mat"),
-                         {f"TestG{size}": _struct(("Query", "Gallery"), rows)})
+        _savemat_struct_stream(os.path.join(ann, "test", "train_test", f"TestG{size}.mat"), f"TestG{size}",
+                               ("Query", "Gallery"), n_test_ids,
+                               (_mat_encode(query_record(q)) + gallery(q, size, grng) for q in range(n_test_ids)))
 
     # Subsets: galleries of 100 (or the whole pool but the query image when smaller), listed in query order.
     sub_size = min(100, n_test_img - 1)
