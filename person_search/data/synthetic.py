@@ -14,7 +14,6 @@ the previous synthetic output is replaced.
 """
 import json
 import logging
-import math
 import os
 import shutil
 import struct
