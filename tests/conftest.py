@@ -41,3 +41,18 @@ TINY_FPN_OPTS = (
 @pytest.fixture
 def cfg_factory():
     return tiny_cfg
+
+
+@pytest.fixture(scope="session")
+def synthetic_cuhk_sysu(tmp_path_factory):
+    """A tiny synthetic CUHK-SYSU written in the real format, registered as ``test_synthetic_{train,gallery,query}``.
+
+    Returns (dataset root folder, name prefix).
+    """
+    from person_search.data import register_cuhk_sysu
+    from person_search.data.synthetic import generate_cuhk_sysu
+
+    root = tmp_path_factory.mktemp("datasets")
+    generate_cuhk_sysu(str(root / "CUHK-SYSU"), preset="tiny", seed=0)
+    register_cuhk_sysu(str(root), prefix="test_synthetic", folder="CUHK-SYSU")
+    return root / "CUHK-SYSU", "test_synthetic"

@@ -3,7 +3,7 @@
 Importing this package registers ``cuhk_sysu_{train,gallery,query}`` and ``prw_{train,gallery,query}`` under
 ``$DETECTRON2_DATASETS`` (default ``datasets``); see datasets/README.md.
 """
-from .builtin import register_person_search_datasets
+from .builtin import register_cuhk_sysu, register_person_search_datasets, register_prw
 from .cuhk_sysu import cuhk_sysu_num_labeled, cuhk_sysu_search_protocol, load_cuhk_sysu
 from .mapper import PersonSearchDatasetMapper
 from .prw import load_prw, prw_num_labeled
@@ -18,7 +18,9 @@ __all__ = [
     "load_cuhk_sysu",
     "load_prw",
     "prw_num_labeled",
+    "register_cuhk_sysu",
     "register_person_search_datasets",
+    "register_prw",
 ]
 
 register_person_search_datasets()

@@ -44,9 +44,12 @@ class MixedPrecisionTrainer(SimpleTrainer):
     def run_step(self):
         assert self.model.training, "MixedPrecisionTrainer: model was changed to eval mode!"
         start = time.perf_counter()
-        if self._batches is None:
-            self._batches = iter(self.data_loader)
-        data = next(self._batches)
+        # Loading keeps torch's global random stream untouched (a DataLoader draws a seed from it when its
+        # iterator starts), so the model's random draws per iteration are the same in a resumed run.
+        with torch.random.fork_rng(devices=[]):
+            if self._batches is None:
+                self._batches = iter(self.data_loader)
+            data = next(self._batches)
         data_time = time.perf_counter() - start
 
         with torch.autocast(self._device_type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):

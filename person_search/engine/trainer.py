@@ -10,6 +10,7 @@ from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import print_csv_format
 from detectron2.utils import comm
 
+from .hooks import RandomStateCheckpointHook
 from .train_loop import MixedPrecisionTrainer, amp_dtype_from_config
 
 __all__ = ["PersonSearchTrainer", "ResumableTrainingSampler"]
@@ -33,6 +34,24 @@ class ResumableTrainingSampler(TrainingSampler):
         yield from itertools.islice(super().__iter__(), self._skip, None)
 
 
+def _check_num_labeled(cfg, dataset_dicts):
+    """Fail before training if the training set has more labeled identities than the identity loss has rows."""
+    if cfg.MODEL.META_ARCHITECTURE == "ReIDCropNet":
+        pids = [d["person_id"] for d in dataset_dicts]
+    else:
+        pids = [a.get("person_id", -1) for d in dataset_dicts for a in d.get("annotations", [])]
+    num_ids = max(pids, default=-1) + 1
+    capacity = cfg.MODEL.REID.OIM.NUM_LABELED if cfg.MODEL.REID.LOSS == "OIM" else cfg.MODEL.REID.SOFTMAX.NUM_CLASSES
+    key = "MODEL.REID.OIM.NUM_LABELED" if cfg.MODEL.REID.LOSS == "OIM" else "MODEL.REID.SOFTMAX.NUM_CLASSES"
+    if num_ids > capacity:
+        raise ValueError(
+            f"{cfg.DATASETS.TRAIN} has labeled person ids up to {num_ids - 1}, but {key} is {capacity}: "
+            f"set {key} {num_ids}"
+        )
+    if num_ids < capacity:
+        logger.warning(f"{key} is {capacity} but the training set labels only {num_ids} identities")
+
+
 class PersonSearchTrainer(DefaultTrainer):
     """Trainer for the person-search models (``train_net.py``) and the crop re-ID model of the same plugin."""
 
@@ -44,10 +63,32 @@ class PersonSearchTrainer(DefaultTrainer):
             loop.model, loop.data_loader, loop.optimizer, amp_dtype=amp_dtype_from_config(cfg)
         )
 
+    # detectron2 0.6's DefaultTrainer leaves the optimizer (momentum buffers, learning rate) and the grad scaler
+    # out of its checkpoints; later releases save them like this, so a resumed run continues exactly.
+    def state_dict(self):
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+
+    def build_hooks(self):
+        # First, so that the periodic checkpointer (which saves every hook's state) sees it.
+        return [RandomStateCheckpointHook()] + super().build_hooks()
+
     def resume_or_load(self, resume=True):
         super().resume_or_load(resume=resume)
         if self.start_iter > 0:
             self._trainer.set_data_loader(self.build_train_loader(self.cfg, start_iter=self.start_iter))
+
+    def train(self):
+        """Train, and return the results of the final evaluation (detectron2 0.6 returns them only when
+        TEST.EXPECTED_RESULTS is set)."""
+        super().train()
+        return getattr(self, "_last_eval_results", None)
 
     @classmethod
     def build_train_loader(cls, cfg, start_iter=0):
@@ -56,6 +97,7 @@ class PersonSearchTrainer(DefaultTrainer):
             filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
             proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
         )
+        _check_num_labeled(cfg, dataset)
         images_per_worker = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
         seed = cfg.SEED if cfg.SEED >= 0 else None
         sampler = ResumableTrainingSampler(len(dataset), skip=start_iter * images_per_worker, seed=seed)

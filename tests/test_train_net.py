@@ -1,0 +1,124 @@
+"""PersonSearchTrainer on a tiny synthetic CUHK-SYSU: training, evaluation, checkpoint resume."""
+import os
+
+import pytest
+import torch
+
+from detectron2.engine import HookBase
+from detectron2.utils.env import seed_all_rng
+
+from conftest import REPO_ROOT, tiny_cfg
+from person_search.engine import PersonSearchTrainer
+
+
+def trainer_cfg(prefix, output_dir, *opts):
+    cfg = tiny_cfg(
+        "DATASETS.TRAIN", (f"{prefix}_train",),
+        "DATASETS.TEST", (f"{prefix}_gallery",),
+        "MODEL.REID.OIM.NUM_LABELED", 12,
+        "INPUT.RANDOM_FLIP", "none",
+        "SEED", 7,
+        "SOLVER.MAX_ITER", 4,
+        "SOLVER.CHECKPOINT_PERIOD", 2,
+        "SOLVER.WARMUP_ITERS", 2,
+        "TEST.PERSON_SEARCH.GALLERY_SIZE", 50,
+        "OUTPUT_DIR", str(output_dir),
+        *opts,
+    )
+    cfg.freeze()
+    return cfg
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashAfter(HookBase):
+    """Simulates a killed job: raises after the given iteration (after its checkpoint was written)."""
+
+    def __init__(self, iteration):
+        self.iteration = iteration
+
+    def after_step(self):
+        if self.trainer.iter == self.iteration:
+            raise Crash()
+
+
+def oim_state(trainer):
+    oim = trainer.model.roi_heads.identity_loss
+    return {name: getattr(oim, name).clone() for name in ("lut", "queue", "queue_ptr")}
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(synthetic_cuhk_sysu, tmp_path):
+    _, prefix = synthetic_cuhk_sysu
+    seed_all_rng(7)
+    full = PersonSearchTrainer(trainer_cfg(prefix, tmp_path / "full", "TEST.EVAL_PERIOD", 0))
+    full.resume_or_load(resume=False)
+    full.register_hooks([CrashAfter(-1)])
+    full.train()
+    expected_state, expected_iter = oim_state(full), full.iter
+
+    seed_all_rng(7)
+    cfg = trainer_cfg(prefix, tmp_path / "crashed")
+    crashed = PersonSearchTrainer(cfg)
+    crashed.resume_or_load(resume=False)
+    crashed.register_hooks([CrashAfter(2)])
+    with pytest.raises(Crash):
+        crashed.train()
+    assert os.path.exists(tmp_path / "crashed" / "model_0000001.pth")
+
+    resumed = PersonSearchTrainer(cfg)
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 2
+    resumed.train()
+    assert resumed.iter == expected_iter == 4  # detectron2 leaves iter at max_iter after a finished run
+    state = oim_state(resumed)
+    assert int(state["queue_ptr"]) == int(expected_state["queue_ptr"])
+    assert torch.allclose(state["lut"], expected_state["lut"], atol=1e-5)
+    assert torch.allclose(state["queue"], expected_state["queue"], atol=1e-5)
+    assert state["lut"].norm(dim=1).gt(0).any()
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-4), name
+
+
+def test_train_then_evaluate_writes_results(synthetic_cuhk_sysu, tmp_path):
+    _, prefix = synthetic_cuhk_sysu
+    cfg = trainer_cfg(prefix, tmp_path, "SOLVER.MAX_ITER", 2, "TEST.PERSON_SEARCH.USE_GT_BOXES", True)
+    trainer = PersonSearchTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    results = trainer.train()  # the final evaluation runs at the end of training
+    gallery = f"{prefix}_gallery"
+    assert set(results) == {gallery, gallery + "/gt_boxes"}
+    for value in results[gallery]["search"].values():
+        assert 0.0 <= value <= 100.0
+    # ground-truth gallery boxes: every target is "detected"
+    assert results[gallery + "/gt_boxes"]["detection"]["recall"] == pytest.approx(100.0)
+    assert os.path.exists(tmp_path / "inference" / gallery / "person_search_results.json")
+    assert os.path.exists(tmp_path / "model_final.pth")
+
+
+def test_bf16_autocast_training_step(synthetic_cuhk_sysu, tmp_path):
+    _, prefix = synthetic_cuhk_sysu
+    cfg = trainer_cfg(prefix, tmp_path, "SOLVER.AMP_DTYPE", "bf16", "SOLVER.MAX_ITER", 1, "TEST.EVAL_PERIOD", 0)
+    trainer = PersonSearchTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.register_hooks([CrashAfter(-1)])
+    trainer.train()
+    oim = trainer.model.roi_heads.identity_loss
+    assert oim.lut.dtype == torch.float32 and torch.isfinite(oim.lut).all()
+
+
+def test_too_small_lookup_table_is_reported_before_training(synthetic_cuhk_sysu, tmp_path):
+    _, prefix = synthetic_cuhk_sysu
+    with pytest.raises(ValueError, match="MODEL.REID.OIM.NUM_LABELED"):
+        PersonSearchTrainer(trainer_cfg(prefix, tmp_path, "MODEL.REID.OIM.NUM_LABELED", 5))
+
+
+def test_train_net_script_help():
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "train_net.py"), "--help"], capture_output=True, text=True, check=True
+    )
+    assert "--config-file" in out.stdout and "--eval-only" in out.stdout
