@@ -1,7 +1,10 @@
-"""The ``person-search`` command."""
+"""The ``person-search`` command: demo, evaluate, index, query."""
 import argparse
+import json
+import os
+import sys
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser"]
 
 
 def build_parser():
@@ -11,8 +14,82 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="person-search", description=__doc__)
     parser.add_argument("--version", action="version", version=f"person_search {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_demo(subparsers)
+    _add_evaluate(subparsers)
     add_search_subcommands(subparsers)
     return parser
+
+
+def _add_demo(subparsers):
+    from .demo import DEMO_CONFIG
+
+    demo = subparsers.add_parser(
+        "demo",
+        help="generate synthetic data, train a tiny model on CPU, evaluate it, index the gallery and run a query",
+    )
+    demo.add_argument("--output", default="demo_output", help="output folder (default: demo_output)")
+    demo.add_argument("--config", default=DEMO_CONFIG, help="config of the demo model")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE", help="config overrides")
+    demo.set_defaults(func=_demo_command)
+
+
+def _add_evaluate(subparsers):
+    evaluate = subparsers.add_parser(
+        "evaluate",
+        help="evaluate a trained model on the config's DATASETS.TEST with the person-search (or re-ID) protocol",
+    )
+    evaluate.add_argument("--config", required=True, help="config file")
+    evaluate.add_argument("--weights", required=True, help="model weights file")
+    evaluate.add_argument("--gallery-size", type=int, help="CUHK-SYSU gallery size (50..4000, -1 = whole set)")
+    evaluate.add_argument("--cross-camera", action="store_true", help="PRW: drop gallery frames of the query camera")
+    evaluate.add_argument("--use-gt-boxes", action="store_true", help="also evaluate with ground-truth gallery boxes")
+    evaluate.add_argument("--output", help="folder for the results JSON (default: the config's OUTPUT_DIR)")
+    evaluate.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE", help="config overrides")
+    evaluate.set_defaults(func=_evaluate_command)
+
+
+def _setup_logging():
+    from detectron2.utils.logger import setup_logger
+
+    setup_logger()
+    setup_logger(name="person_search", abbrev_name="ps")
+
+
+def _demo_command(args):
+    from .demo import format_summary, run_demo
+
+    _setup_logging()
+    summary = run_demo(args.output, config_file=args.config, seed=args.seed, opts=args.opts)
+    print(format_summary(summary))
+    return 0
+
+
+def _evaluate_command(args):
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from .engine import PersonSearchTrainer
+    from .search import load_search_config
+
+    if not os.path.isfile(args.weights):
+        print(f"person-search: error: weights file {args.weights} does not exist", file=sys.stderr)
+        return 2
+    opts = list(args.opts)
+    if args.gallery_size is not None:
+        opts += ["TEST.PERSON_SEARCH.GALLERY_SIZE", args.gallery_size]
+    if args.cross_camera:
+        opts += ["TEST.PERSON_SEARCH.CROSS_CAMERA", True]
+    if args.use_gt_boxes:
+        opts += ["TEST.PERSON_SEARCH.USE_GT_BOXES", True]
+    if args.output:
+        opts += ["OUTPUT_DIR", args.output]
+    _setup_logging()
+    cfg = load_search_config(args.config, opts)
+    model = PersonSearchTrainer.build_model(cfg)
+    DetectionCheckpointer(model).load(args.weights)
+    results = PersonSearchTrainer.test(cfg, model)
+    print(json.dumps(results, indent=2))
+    return 0
 
 
 def main(argv=None):
@@ -22,3 +99,7 @@ def main(argv=None):
         parser.print_help()
         return 0
     return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

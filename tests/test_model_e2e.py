@@ -6,7 +6,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from conftest import TINY_FPN_OPTS, tiny_cfg
+from conftest import TINY_CONFIG, TINY_FPN_CONFIG, tiny_cfg
 
 H, W = 128, 160
 
@@ -21,15 +21,12 @@ def make_input(seed, boxes, pids):
     return {"image": image, "instances": inst, "height": H, "width": W}
 
 
-MODELS = {
-    "C4": (),
-    "FPN": TINY_FPN_OPTS + ("SOLVER.BASE_LR", 0.001),
-}
+MODELS = {"C4": TINY_CONFIG, "FPN": TINY_FPN_CONFIG}
 
 
 @pytest.mark.parametrize("variant", sorted(MODELS))
 def test_training_steps_then_inference(variant):
-    cfg = tiny_cfg(*MODELS[variant])
+    cfg = tiny_cfg(config_file=MODELS[variant])
     torch.manual_seed(0)
     model = build_model(cfg).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.SOLVER.BASE_LR, momentum=0.9)

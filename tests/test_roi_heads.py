@@ -8,7 +8,7 @@ from detectron2.modeling.roi_heads import build_roi_heads
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from conftest import TINY_FPN_OPTS, tiny_cfg
+from conftest import TINY_FPN_CONFIG, tiny_cfg
 
 IMAGE_SIZE = (96, 128)
 
@@ -28,7 +28,7 @@ class RecordingLoss(nn.Module):
 def build_head(name):
     opts = ("MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 64, "MODEL.ROI_HEADS.POSITIVE_FRACTION", 1.0)
     if name == "ReIDStandardROIHeads":
-        cfg = tiny_cfg(*TINY_FPN_OPTS, *opts)
+        cfg = tiny_cfg(*opts, config_file=TINY_FPN_CONFIG)
         shapes = {f"p{i}": ShapeSpec(channels=32, stride=2**i) for i in range(2, 6)}
     else:
         cfg = tiny_cfg(*opts)
