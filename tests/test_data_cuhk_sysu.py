@@ -1,16 +1,21 @@
-"""CUHK-SYSU loader on a tiny dataset written in the real files' MATLAB nesting (scipy.io.savemat)."""
+"""CUHK-SYSU loader on a tiny dataset written in the real files' MATLAB nesting (scipy.io.savemat), the streaming
+TestG reader against loadmat on files of several writers, and the parsed-protocol cache."""
 import logging
 import os
+import shutil
+import struct as _struct
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
-from scipy.io import savemat
+from scipy.io import loadmat, savemat
 
 import person_search  # noqa: F401  (adapts detectron2 before its modules are imported)
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
-from person_search.data import cuhk_sysu_num_labeled, cuhk_sysu_search_protocol, load_cuhk_sysu
+from person_search.data import cuhk_sysu as cuhk_module
+from person_search.data import cuhk_sysu_num_labeled, cuhk_sysu_search_protocol, load_cuhk_sysu, mat_stream, synthetic
 
 IMAGE_SIZE = {"s1.jpg": (300, 400), "s2.jpg": (310, 420), "s3.jpg": (320, 440), "s4.jpg": (330, 460),
               "s5.jpg": (340, 480), "s6.jpg": (350, 500)}  # name -> (height, width)
@@ -241,3 +246,273 @@ def test_registration_reads_from_the_catalog(root):
             MetadataCatalog.remove(n)
             DatasetCatalog.register(n, loader)
             MetadataCatalog.get(n).set(**{k: v for k, v in meta.as_dict().items() if k != "name"})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Streaming TestG reader (person_search/data/mat_stream.py) and the parsed-protocol cache
+# ---------------------------------------------------------------------------------------------------------------
+
+# Varied TestG content: names of 4 bytes (a MAT 'small data element') to 12, positives anywhere in the gallery,
+# uint8 / uint16 / double boxes, a uint16 box whose first data word equals the miMATRIX tag (14), a gallery
+# without positives, galleries of different lengths.
+STREAM_QUERIES = [
+    ("s3.jpg", loc(10, 20, 30, 40, np.uint8),
+     [("s6.jpg", None), ("s4.jpg", loc(11, 21, 31, 41, np.uint8)), ("s5.jpg", None), ("s123456.jpg", None)]),
+    ("s5.jpg", loc(500, 60, 70, 80, np.uint16),
+     [("s3.jpg", loc(300, 40, 50, 100, np.uint16)), ("s4.jpg", None), ("a.jp", loc(14, 0, 300, 20, np.uint16))]),
+    ("s4.jpg", loc(1.0, 2.0, 3.0, 4.0), [("s6.jpg", None), ("s5.jpg", None)]),
+    ("s6.jpg", loc(14, 0, 300, 20, np.uint16), [("s3.jpg", loc(7, 8, 9, 10)), ("s4.jpg", None),
+                                                   ("s123456.jpg", loc(2, 3, 4, 5, np.uint8))]),
+]
+
+
+def _matlab_char(text):
+    """A char row as MATLAB writes it: UTF-16 code units (miUINT16), not scipy's miUTF8."""
+    data = text.encode("utf-16-le")
+    return synthetic._mat_matrix(4, (1, len(text)), synthetic._mat_element(4, data))
+
+
+def _matlab_double(values):
+    """A double row stored compactly as miUINT8 / miUINT16 data, as MATLAB does for small integers."""
+    data = np.asarray(values, dtype=np.uint8 if max(values) < 256 else np.uint16)
+    return synthetic._mat_matrix(6, (1, len(values)), synthetic._mat_element(2 if data.itemsize == 1 else 4,
+                                                                             data.tobytes()))
+
+
+_MATLAB_EMPTY = _struct.pack("<II", 14, 0)  # [] in a struct field: a miMATRIX without any sub-element
+
+
+def _matlab_testg(queries):
+    """TestG struct as (key-less) miMATRIX bytes in MATLAB's own encoding choices."""
+    records = []
+    for imname, idlocate, gallery in queries:
+        query = synthetic._struct(("imname", "idlocate", "ishard", "idname"),
+                                  [(_matlab_char(imname), idlocate.astype(np.uint16), _matlab_double([0]),
+                                    _matlab_char("p12"))])
+        entries = [(_matlab_char(g), _MATLAB_EMPTY if b is None else _matlab_double(b.astype(int).ravel().tolist()),
+                    _MATLAB_EMPTY if b is None else _matlab_double([1])) for g, b in gallery]
+        records.append((query, synthetic._struct(("imname", "idlocate", "ishard"), entries)))
+    return synthetic._struct(("Query", "Gallery"), records)
+
+
+def _write_matlab_file(path, variables, compress):
+    """A MAT-file written from synthetic's encoder; with ``compress`` each variable is a zlib miCOMPRESSED
+    element (MATLAB's default '-v7' format)."""
+    with open(path, "wb") as f:
+        f.write(synthetic._MAT_HEADER)
+        for key, value in variables.items():
+            data = synthetic._mat_encode(value, key.encode())
+            if compress:
+                data = zlib.compress(data)
+                data = _struct.pack("<II", 15, len(data)) + data
+            f.write(data)
+
+
+def _write_testg_variants(folder, writer, k=7):
+    """TestG<k>.mat written by ``writer``; returns its path."""
+    path = os.path.join(folder, f"TestG{k}.mat")
+    extra = {"before": np.arange(12.0).reshape(3, 4), "note": np.array(["ignored"])}
+    if writer in ("scipy", "scipy-compressed"):
+        annotation = folder
+        records = []
+        for imname, idlocate, gallery in STREAM_QUERIES:
+            query = struct([{"imname": text(imname), "idlocate": idlocate, "ishard": np.array([[0.0]]),
+                             "idname": text("p1")}], ["imname", "idlocate", "ishard", "idname"])
+            entries = [{"imname": text(g), "idlocate": np.zeros((0, 0)) if b is None else b,
+                        "ishard": np.zeros((0, 0)) if b is None else np.array([[0.0]])} for g, b in gallery]
+            records.append({"Query": query, "Gallery": struct(entries, ["imname", "idlocate", "ishard"])})
+        # Other variables before and after the protocol: the reader skips them without decoding.
+        savemat(os.path.join(annotation, f"TestG{k}.mat"),
+                dict(extra, **{f"TestG{k}": struct(records, ["Query", "Gallery"])}, after=np.ones((2, 2))),
+                do_compression=writer == "scipy-compressed")
+    elif writer == "synthetic":
+        rows = [(struct([{"imname": text(q), "idlocate": b, "ishard": np.array([[0]], np.uint8),
+                          "idname": text("p1")}], ["imname", "idlocate", "ishard", "idname"]),
+                 synthetic._struct(("imname", "idlocate", "ishard"),
+                                   [(text(g), synthetic._EMPTY if gb is None else gb,
+                                     synthetic._EMPTY if gb is None else synthetic._scalar(0)) for g, gb in gal]))
+                for q, b, gal in STREAM_QUERIES]
+        synthetic._savemat(path, dict(extra, **{f"TestG{k}": synthetic._struct(("Query", "Gallery"), rows)}))
+    else:  # "matlab" / "matlab-compressed"
+        _write_matlab_file(path, dict(extra, **{f"TestG{k}": _matlab_testg(STREAM_QUERIES)}),
+                           compress=writer == "matlab-compressed")
+    return path
+
+
+def assert_same_testg(a, b):
+    """Two parses of a TestG file describe the same protocol (name ids may differ)."""
+    assert a["query_names"] == b["query_names"]
+    for key in ("offsets", "num_positive", "positive_xywh", "query_xywh"):
+        np.testing.assert_array_equal(a[key], b[key])
+        assert a[key].dtype == b[key].dtype, key
+    names_a, names_b = np.array(a["names"], dtype=object), np.array(b["names"], dtype=object)
+    assert names_a[a["gallery"]].tolist() == names_b[b["gallery"]].tolist()
+
+
+@pytest.mark.parametrize("writer", ["scipy", "scipy-compressed", "synthetic", "matlab", "matlab-compressed"])
+def test_stream_reader_matches_loadmat(tmp_path, writer):
+    path = _write_testg_variants(str(tmp_path), writer)
+    streamed = cuhk_module._testg_stream(path, "TestG7")
+    reference = cuhk_module._testg_loadmat(path, "TestG7")
+    assert_same_testg(streamed, reference)
+    # And the content is what was written: positives first, in file order, then the other images.
+    names = np.array(streamed["names"], dtype=object)
+    galleries = [names[streamed["gallery"][a:b]].tolist()
+                 for a, b in zip(streamed["offsets"][:-1], streamed["offsets"][1:])]
+    assert galleries == [["s4.jpg", "s6.jpg", "s5.jpg", "s123456.jpg"], ["s3.jpg", "a.jp", "s4.jpg"],
+                         ["s6.jpg", "s5.jpg"], ["s3.jpg", "s123456.jpg", "s4.jpg"]]
+    assert streamed["num_positive"].tolist() == [1, 2, 0, 2]
+    np.testing.assert_array_equal(streamed["positive_xywh"], [[11, 21, 31, 41], [300, 40, 50, 100],
+                                                              [14, 0, 300, 20], [7, 8, 9, 10], [2, 3, 4, 5]])
+    assert streamed["query_names"] == ["s3.jpg", "s5.jpg", "s4.jpg", "s6.jpg"]
+    np.testing.assert_array_equal(streamed["query_xywh"][1], [500, 60, 70, 80])
+
+
+def test_stream_reader_on_generated_dataset(tmp_path):
+    """TestG files of the project's generator (streamed to disk by synthetic._savemat_struct_stream)."""
+    root = str(tmp_path / "CUHK-SYSU")
+    synthetic.generate_cuhk_sysu(root, preset="tiny", gallery_sizes=(5, 50), write_images=False)
+    for k in (5, 50):
+        path = cuhk_module._testg_path(root, k)
+        assert_same_testg(cuhk_module._testg_stream(path, f"TestG{k}"), cuhk_module._testg_loadmat(path, f"TestG{k}"))
+    # The full-set protocol needs no image either.
+    assert len(cuhk_sysu_search_protocol(root, -1)) == 8
+
+
+def test_stream_decode_matches_loadmat(tmp_path):
+    path = str(tmp_path / "values.mat")
+    values = {"cellv": cell([text("ab"), np.array([[1, 2], [3, 4]], np.int32), np.zeros((0, 0))], (1, 3)),
+              "chars": np.array(["ab", "cd"]), "matrix": np.arange(6.0).reshape(2, 3)}
+    savemat(path, values)
+    blob = open(path, "rb").read()[128:]
+    offset = 0
+    reference = loadmat(path)
+    for key in ("cellv", "chars", "matrix"):
+        decoded = mat_stream.decode(blob, offset)
+        expected = reference[key]
+        if decoded.dtype == object:
+            assert decoded.shape == expected.shape
+            for d, e in zip(decoded.ravel(), expected.ravel()):
+                np.testing.assert_array_equal(d, e)
+                assert d.dtype == e.dtype
+        else:
+            np.testing.assert_array_equal(decoded, expected)
+            assert decoded.dtype == expected.dtype
+        offset += 8 + _struct.unpack_from("<II", blob, offset)[1]
+
+
+def test_stream_reader_rejects_what_it_does_not_support(tmp_path):
+    path = str(tmp_path / "v.mat")
+    savemat(path, {"x": np.zeros((2, 2))})
+    with pytest.raises(mat_stream.MatStreamError, match="no variable 'TestG50'"):
+        mat_stream.open_struct(path, "TestG50")
+    with pytest.raises(mat_stream.MatStreamError, match="not a struct"):
+        mat_stream.open_struct(path, "x")
+    with open(path, "r+b") as f:  # claim big-endian
+        f.seek(126)
+        f.write(b"MI")
+    with pytest.raises(mat_stream.MatStreamError, match="little-endian"):
+        mat_stream.open_struct(path, "x")
+
+
+def test_unsupported_files_fall_back_to_loadmat(root, monkeypatch):
+    def unsupported(path, key):
+        raise mat_stream.MatStreamError("test")
+
+    expected = cuhk_sysu_search_protocol(root, 50)
+    cuhk_module._testg.cache_clear()
+    cuhk_module._search_protocol.cache_clear()
+    monkeypatch.setattr(cuhk_module, "_testg_stream", unsupported)
+    again = cuhk_sysu_search_protocol(root, 50)  # built again, now through loadmat
+    assert [p["gallery"] for p in again] == [p["gallery"] for p in expected]
+
+
+def test_malformed_gallery_box_names_the_record(root):
+    annotation = os.path.join(root, "annotation")
+    write_testg(annotation, 100, [("s3.jpg", loc(10, 20, 30, 40), [("s4.jpg", np.array([[1.0, 2.0, 3.0]]))])])
+    with pytest.raises(ValueError, match=r"TestG100\(1\)\.Gallery\(1\)\.idlocate: expected idlocate"):
+        cuhk_sysu_search_protocol(root, 100)
+
+
+def test_protocol_needs_no_images(root):
+    shutil.rmtree(os.path.join(root, "Image"))
+    assert [p["gallery"][0] for p in cuhk_sysu_search_protocol(root, 50)] == ["s4.jpg", "s3.jpg"]
+    assert len(cuhk_sysu_search_protocol(root, -1)) == 2
+    with pytest.raises(FileNotFoundError, match=r"image not found: .*s5.jpg"):
+        load_cuhk_sysu(root, "gallery")
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("PERSON_SEARCH_CACHE", str(folder))
+    monkeypatch.setattr(cuhk_module, "CACHE_MIN_BYTES", 0)
+    return folder
+
+
+def _reparse(root, k):
+    cuhk_module._testg.cache_clear()
+    cuhk_module._search_protocol.cache_clear()
+    return cuhk_sysu_search_protocol(root, k)
+
+
+def test_protocol_cache(root, cache_dir, monkeypatch):
+    before = sorted(os.listdir(os.path.join(root, "annotation", "test", "train_test")))
+    expected = _reparse(root, 100)
+    files = os.listdir(cache_dir)
+    assert len(files) == 1 and files[0].startswith("cuhk_sysu_TestG100_") and files[0].endswith(".npz")
+    assert sorted(os.listdir(os.path.join(root, "annotation", "test", "train_test"))) == before
+    with np.load(cache_dir / files[0], allow_pickle=False) as saved:  # plain arrays, no pickled objects
+        assert saved["gallery"].dtype == np.int32
+
+    def no_parse(path, key):
+        raise AssertionError("parsed although cached")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cuhk_module, "_testg_stream", no_parse)
+        patch.setattr(cuhk_module, "_testg_loadmat", no_parse)
+        cached = _reparse(root, 100)
+    assert [p["gallery"] for p in cached] == [p["gallery"] for p in expected]
+    for c, e in zip(cached, expected):
+        np.testing.assert_array_equal(c["positive_boxes"], e["positive_boxes"])
+        assert c["positive_boxes"].dtype == np.float32
+    assert len(load_cuhk_sysu(root, "query")) == 2  # TestG50 is parsed and cached on its own
+    assert len(os.listdir(cache_dir)) == 2
+
+
+def test_cache_is_refreshed_when_the_file_changes(root, cache_dir):
+    assert _reparse(root, 100)[0]["gallery"] == ["s4.jpg", "s5.jpg", "s6.jpg"]
+    annotation = os.path.join(root, "annotation")
+    write_testg(annotation, 100, [(q, b, list(reversed(g))) for q, b, g in QUERIES[::-1]])
+    path = os.path.join(annotation, "test", "train_test", "TestG100.mat")
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10 ** 9))
+    assert _reparse(root, 100)[0]["gallery"] == ["s3.jpg", "s6.jpg", "s4.jpg"]
+    assert len(os.listdir(cache_dir)) == 2
+
+
+def test_damaged_cache_file_is_ignored(root, cache_dir, caplog):
+    expected = _reparse(root, 100)
+    (cache_file,) = cache_dir.iterdir()
+    cache_file.write_bytes(b"not an npz")
+    with caplog.at_level(logging.WARNING):
+        reparsed = _reparse(root, 100)
+    assert "Ignoring unreadable cache file" in caplog.text
+    assert [p["gallery"] for p in reparsed] == [p["gallery"] for p in expected]
+    with np.load(cache_file, allow_pickle=False) as saved:  # rewritten
+        assert saved["num_positive"].tolist() == [1, 1]
+
+
+def test_cache_location(root, tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("PERSON_SEARCH_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cuhk_module._cache_dir() == str(tmp_path / "home" / ".cache" / "person_search")
+    monkeypatch.setattr(cuhk_module, "CACHE_MIN_BYTES", 0)
+    monkeypatch.setenv("PERSON_SEARCH_CACHE", "")  # empty: no cache
+    _reparse(root, 50)
+    assert not (tmp_path / "home").exists()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setenv("PERSON_SEARCH_CACHE", str(blocker / "cache"))  # cannot be created: warn, still work
+    with caplog.at_level(logging.WARNING):
+        assert len(_reparse(root, 50)) == 2
+    assert "Could not write the protocol cache" in caplog.text

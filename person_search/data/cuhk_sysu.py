@@ -4,15 +4,24 @@
 Boxes are ``idlocate = (x, y, w, h)`` converted to ``[x, y, x + w, y + h]`` without a +-1 correction (as every
 published Python pipeline does), after casting to float64: the .mat files store them as uint8/uint16, where
 ``x + w`` would wrap around.
+
+TestG<k>.mat files (up to 2,900 x 4,000 gallery entries) are read with the streaming reader of
+:mod:`.mat_stream` (scipy's loadmat takes minutes and over 10 GB for TestG4000; it remains the fallback for files
+the reader does not support) and, when large, cached as plain npz arrays in $PERSON_SEARCH_CACHE (default
+~/.cache/person_search; never in the dataset folder), keyed by the file's path, size and mtime.
 """
 import copy
 import functools
+import hashlib
 import logging
 import os
+import tempfile
+import time
 
 import numpy as np
 from detectron2.structures import BoxMode
 
+from .mat_stream import MatStreamError, StringTable, leaf_headers, leaf_numeric, open_struct, struct_field_offsets
 from .mat_utils import image_size, load_mat_variable, mat_string, require_path
 
 __all__ = ["SPLITS", "GALLERY_SIZES", "load_cuhk_sysu", "cuhk_sysu_search_protocol", "cuhk_sysu_num_labeled"]
@@ -23,6 +32,11 @@ SPLITS = ("train", "gallery", "query")
 # Gallery sizes with a TestG<k>.mat protocol file; -1 selects the whole test set (every pool image).
 GALLERY_SIZES = (50, 100, 500, 1000, 2000, 4000)
 FULL_GALLERY = -1
+# Parsed TestG files are cached (npz, no pickle) when the file has at least this many bytes; bump
+# _CACHE_FORMAT when the cached arrays change meaning.
+CACHE_MIN_BYTES = 4 << 20
+_STREAM_BATCH_BYTES = 16 << 20
+_CACHE_FORMAT = "cuhk_sysu_testg/1"
 
 
 def _annotation_path(root, *parts):
@@ -133,6 +147,189 @@ def _gallery_names(values, where):
     return names.tolist()
 
 
+# A parsed TestG file in compact form ("testg arrays"): ``names`` (distinct gallery image names), ``query_names``
+# and ``query_xywh`` (Q, 4), and per query, in query order, its gallery as ids into ``names`` in protocol order
+# (positives first, each group in file order) in ``gallery[offsets[i]:offsets[i + 1]]``, ``num_positive[i]`` and
+# the positives' (x, y, w, h) as consecutive rows of ``positive_xywh``. The same arrays are cached on disk.
+_TESTG_ARRAYS = ("gallery", "offsets", "num_positive", "positive_xywh", "query_xywh")
+
+
+def _testg_loadmat(path, key):
+    """Parse a TestG file with scipy's loadmat (slow and memory-hungry for large galleries; the reference)."""
+    records = load_mat_variable(path, key, f"the CUHK-SYSU {key} protocol").reshape(-1)
+    ids = {}  # image name -> id
+    query_names, query_xywh, gallery, num_positive, positive_xywh = [], [], [], [], []
+    for i, record in enumerate(records):
+        where = f"{path}, {key}({i + 1})"
+        query = _single_record(_field(record, "Query", where), f"{where}.Query")
+        query_names.append(mat_string(_field(query, "imname", f"{where}.Query"), f"{where}.Query.imname"))
+        query_xywh.append(_xywh(_field(query, "idlocate", f"{where}.Query"), f"{where}.Query.idlocate"))
+        entries = np.asarray(_field(record, "Gallery", where)).reshape(-1)
+        names = _gallery_names(_field(entries, "imname", f"{where}.Gallery"), f"{where}.Gallery")
+        name_ids = np.array([ids.setdefault(n, len(ids)) for n in names], dtype=np.int64)
+        locations = _field(entries, "idlocate", f"{where}.Gallery")
+        # An empty idlocate marks a gallery image without the query person; do not assume positives come first.
+        is_positive = np.fromiter((np.size(v) > 0 for v in locations), dtype=bool, count=len(locations))
+        positive_xywh += [_xywh(locations[j], f"{where}.Gallery({j + 1}).idlocate")
+                          for j in np.flatnonzero(is_positive)]
+        gallery.append(np.concatenate([name_ids[is_positive], name_ids[~is_positive]]))
+        num_positive.append(int(is_positive.sum()))
+    return _testg_arrays(list(ids), query_names, query_xywh, gallery, [len(g) for g in gallery], num_positive,
+                         positive_xywh)
+
+
+def _testg_stream(path, key):
+    """Parse a TestG file with the streaming reader (:mod:`.mat_stream`): same result as :func:`_testg_loadmat`.
+    Raises MatStreamError where the file uses something the reader does not handle. Queries are processed in
+    batches of about _STREAM_BATCH_BYTES so that numpy, not Python, loops over the gallery entries."""
+    table = StringTable()
+    query_ids, query_xywh, gallery, sizes, num_positive, positive_xywh = [], [], [], [], [], []
+
+    def process(batch, first):
+        parts, base = [], 0
+        query_name, query_location, names, locations, counts = [], [], [], [], []
+        for query_blob, gallery_blob in batch:
+            dims, fields, offsets = struct_field_offsets(query_blob)
+            if int(np.prod(dims)) != 1 or not {"imname", "idlocate"} <= set(fields):
+                raise MatStreamError(f"{path}: a {key} Query is not a 1x1 struct with imname and idlocate")
+            query_name.append(base + offsets[0, fields.index("imname")])
+            query_location.append(base + offsets[0, fields.index("idlocate")])
+            parts.append(query_blob)
+            base += len(query_blob)
+            dims, fields, offsets = struct_field_offsets(gallery_blob)
+            if not {"imname", "idlocate"} <= set(fields):
+                raise MatStreamError(f"{path}: a {key} Gallery has fields {fields}")
+            if len(dims) != 2 or min(dims) > 1:  # loadmat's reshape(-1) is row-major, the file column-major
+                offsets = offsets[np.arange(len(offsets)).reshape(dims, order="F").reshape(-1)]
+            names.append(base + offsets[:, fields.index("imname")])
+            locations.append(base + offsets[:, fields.index("idlocate")])
+            counts.append(len(offsets))
+            parts.append(gallery_blob)
+            base += len(gallery_blob)
+        buf = b"".join(parts)
+        query_ids.extend(table.add(buf, leaf_headers(buf, query_name)).tolist())
+        headers = leaf_headers(buf, query_location)
+        for i in range(len(batch)):
+            where = f"{path}, {key}({first + i + 1}).Query.idlocate"
+            query_xywh.append(_xywh(leaf_numeric(buf, headers, i), where))
+        name_ids = table.add(buf, leaf_headers(buf, np.concatenate(names)))
+        headers = leaf_headers(buf, np.concatenate(locations))
+        # An empty idlocate marks a gallery image without the query person; do not assume positives come first.
+        is_positive = headers["rows"] * headers["cols"] > 0
+        query_of = np.repeat(np.arange(len(batch)), counts)
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        for j in np.flatnonzero(is_positive).tolist():
+            q = int(query_of[j])
+            where = f"{path}, {key}({first + q + 1}).Gallery({j - starts[q] + 1}).idlocate"
+            positive_xywh.append(_xywh(leaf_numeric(buf, headers, j), where))
+        order = np.lexsort((~is_positive, query_of))  # stable: per query, positives then negatives, in file order
+        gallery.append(name_ids[order])
+        sizes.extend(counts)
+        num_positive.extend(np.bincount(query_of[is_positive], minlength=len(batch)).tolist())
+
+    with open_struct(path, key) as stream:
+        if not {"Query", "Gallery"} <= set(stream.fields) or sorted(stream.dims)[-2] > 1:
+            raise MatStreamError(f"{path}: {key} is not a struct vector with fields Query and Gallery")
+        query_field, gallery_field = stream.fields.index("Query"), stream.fields.index("Gallery")
+        batch, batch_bytes, first = [], 0, 0
+        for values in stream:
+            batch.append((values[query_field], values[gallery_field]))
+            batch_bytes += len(values[query_field]) + len(values[gallery_field])
+            if batch_bytes >= _STREAM_BATCH_BYTES:
+                process(batch, first)
+                first, batch, batch_bytes = first + len(batch), [], 0
+        if batch:
+            process(batch, first)
+    return _testg_arrays(table.strings, [table.strings[i] for i in query_ids], query_xywh, gallery, sizes,
+                         num_positive, positive_xywh)
+
+
+def _testg_arrays(names, query_names, query_xywh, gallery, sizes, num_positive, positive_xywh):
+    """TestG arrays from lists: ``gallery`` = arrays of name ids whose concatenation holds the galleries of
+    ``sizes`` entries each, in query order."""
+    return {
+        "names": list(names),
+        "query_names": list(query_names),
+        "query_xywh": np.array(query_xywh, dtype=np.float64).reshape(-1, 4),
+        "gallery": np.concatenate(gallery).astype(np.int32) if gallery else np.zeros(0, np.int32),
+        "offsets": np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64),
+        "num_positive": np.array(num_positive, dtype=np.int64),
+        "positive_xywh": np.array(positive_xywh, dtype=np.float64).reshape(-1, 4),
+    }
+
+
+def _cache_dir():
+    """Folder of the parsed-protocol cache: $PERSON_SEARCH_CACHE (empty: no cache), else ~/.cache/person_search."""
+    folder = os.environ.get("PERSON_SEARCH_CACHE")
+    if folder is None:
+        return os.path.join(os.path.expanduser("~"), ".cache", "person_search")
+    return folder or None
+
+
+def _cache_entry(path, key):
+    """(cache file, identity string) for the current version of ``path``, or (None, None) without a cache."""
+    folder = _cache_dir()
+    if folder is None:
+        return None, None
+    stat = os.stat(path)
+    identity = f"{_CACHE_FORMAT}\n{os.path.abspath(path)}\n{stat.st_size}\n{stat.st_mtime_ns}\n{key}"
+    digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:24]
+    return os.path.join(folder, f"cuhk_sysu_{key}_{digest}.npz"), identity
+
+
+def _read_cache(cache_file, identity):
+    try:
+        with np.load(cache_file, allow_pickle=False) as saved:
+            if str(saved["identity"]) != identity:
+                return None
+            arrays = {k: saved[k] for k in _TESTG_ARRAYS}
+            arrays["names"] = saved["names"].tolist()
+            arrays["query_names"] = saved["query_names"].tolist()
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # damaged or foreign file: parse again (and overwrite it)
+        logger.warning(f"Ignoring unreadable cache file {cache_file} ({type(e).__name__}: {e})")
+        return None
+    return arrays
+
+
+def _write_cache(cache_file, identity, arrays):
+    folder = os.path.dirname(cache_file)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".tmp-", suffix=".npz", delete=False) as f:
+            tmp = f.name
+            np.savez(f, identity=np.array(identity), names=np.array(arrays["names"], dtype=str),
+                     query_names=np.array(arrays["query_names"], dtype=str), **{k: arrays[k] for k in _TESTG_ARRAYS})
+        os.replace(tmp, cache_file)
+    except OSError as e:
+        logger.warning(f"Could not write the protocol cache {cache_file} ({e}); set PERSON_SEARCH_CACHE to a "
+                       f"writable folder (or to an empty string to turn the cache off)")
+        try:
+            os.remove(tmp)
+        except (OSError, NameError):
+            pass
+
+
+def _parse_testg(path, key):
+    """TestG arrays of ``path``: from the cache if it holds this version of the file, else parsed (streaming
+    reader; loadmat for files it cannot read) and cached when the file is at least CACHE_MIN_BYTES."""
+    cache_file, identity = _cache_entry(path, key)
+    arrays = _read_cache(cache_file, identity) if cache_file else None
+    if arrays is not None:
+        return arrays
+    start = time.perf_counter()
+    try:
+        arrays = _testg_stream(path, key)
+    except (MatStreamError, ValueError) as e:
+        logger.info(f"{path}: streaming reader not usable ({e}); parsing with scipy.io.loadmat")
+        arrays = _testg_loadmat(path, key)
+    logger.info(f"Parsed {path} in {time.perf_counter() - start:.1f} s")
+    if cache_file and os.path.getsize(path) >= CACHE_MIN_BYTES:
+        _write_cache(cache_file, identity, arrays)
+    return arrays
+
+
 @functools.lru_cache(maxsize=None)
 def _testg(root, gallery_size):
     """Parse TestG<k>.mat once.
@@ -142,32 +339,20 @@ def _testg(root, gallery_size):
     ``protocol[i] = {"gallery": [names, positives first], "positive_boxes": float32 (n, 4) x1y1x2y2}``.
     """
     key = f"TestG{gallery_size}"
-    path = _testg_path(root, gallery_size)
-    records = load_mat_variable(path, key, f"the CUHK-SYSU gallery-size-{gallery_size} protocol").reshape(-1)
-    interned = {}  # one str object per image name: a name is repeated in up to thousands of galleries
-    queries, positives, protocol = [], [], []
-    for i, record in enumerate(records):
-        where = f"{path}, {key}({i + 1})"
-        query = _single_record(_field(record, "Query", where), f"{where}.Query")
-        queries.append(
-            (
-                mat_string(_field(query, "imname", f"{where}.Query"), f"{where}.Query.imname"),
-                _xywh(_field(query, "idlocate", f"{where}.Query"), f"{where}.Query.idlocate"),
-            )
-        )
-        gallery = np.asarray(_field(record, "Gallery", where)).reshape(-1)
-        names = [
-            interned.setdefault(n, n)
-            for n in _gallery_names(_field(gallery, "imname", f"{where}.Gallery"), f"{where}.Gallery")
-        ]
-        locations = _field(gallery, "idlocate", f"{where}.Gallery")
-        # An empty idlocate marks a gallery image without the query person; do not assume positives come first.
-        is_positive = np.fromiter((np.size(v) > 0 for v in locations), dtype=bool, count=len(locations))
-        positive_idx = np.flatnonzero(is_positive)
-        xywh = [_xywh(locations[j], f"{where}.Gallery({j + 1}).idlocate") for j in positive_idx]
-        positives.append([(names[j], box) for j, box in zip(positive_idx, xywh)])
-        ordered = [names[j] for j in positive_idx] + [names[j] for j in np.flatnonzero(~is_positive)]
-        protocol.append({"gallery": ordered, "positive_boxes": _xyxy(np.array(xywh).reshape(-1, 4), np.float32)})
+    path = require_path(_testg_path(root, gallery_size), f"the CUHK-SYSU gallery-size-{gallery_size} protocol")
+    arrays = _parse_testg(path, key)
+    names = np.empty(len(arrays["names"]), dtype=object)  # one str object per image name
+    names[:] = arrays["names"]
+    queries = list(zip(arrays["query_names"], map(tuple, arrays["query_xywh"].tolist())))
+    positives, protocol = [], []
+    offsets, num_positive = arrays["offsets"].tolist(), arrays["num_positive"].tolist()
+    first_positive = 0
+    for i, n in enumerate(num_positive):
+        gallery = names[arrays["gallery"][offsets[i]:offsets[i + 1]]].tolist()
+        xywh = arrays["positive_xywh"][first_positive:first_positive + n]
+        first_positive += n
+        positives.append(list(zip(gallery[:n], map(tuple, xywh.tolist()))))
+        protocol.append({"gallery": gallery, "positive_boxes": _xyxy(xywh, np.float32)})
     return queries, positives, protocol
 
 
@@ -183,17 +368,20 @@ def _search_protocol(root, gallery_size):
         return _testg(root, gallery_size)[2]
     queries, _, protocol50 = _testg(root, 50)
     pool = _pool(root)
+    positions = {}  # name -> its positions in pool.mat
+    for i, name in enumerate(pool):
+        positions.setdefault(name, []).append(i)
     full = []
     for (query_image, _), entry in zip(queries, protocol50):
         positive_images = entry["gallery"][: len(entry["positive_boxes"])]
-        excluded = set(positive_images)
-        excluded.add(query_image)
-        full.append(
-            {
-                "gallery": positive_images + [name for name in pool if name not in excluded],
-                "positive_boxes": entry["positive_boxes"],
-            }
-        )
+        # The pool without the query image and the positives: copied slice by slice around those few images.
+        cut = sorted(i for name in {query_image, *positive_images} for i in positions.get(name, ()))
+        gallery, start = list(positive_images), 0
+        for i in cut:
+            gallery += pool[start:i]
+            start = i + 1
+        gallery += pool[start:]
+        full.append({"gallery": gallery, "positive_boxes": entry["positive_boxes"]})
     return full
 
 
@@ -205,6 +393,7 @@ def cuhk_sysu_search_protocol(root, gallery_size):
     first n gallery images contain the query person at ``positive_boxes`` (x1y1x2y2). ``gallery_size`` is one of
     :data:`GALLERY_SIZES` (parses only ``TestG<k>.mat``) or -1: positives of TestG50 followed by every other pool
     image except the query image. Parsed once per (root, size); the returned list is shared: do not modify it.
+    Reads only annotation files (no image is needed).
     """
     if gallery_size != FULL_GALLERY and gallery_size not in GALLERY_SIZES:
         raise ValueError(f"CUHK-SYSU gallery size must be one of {GALLERY_SIZES} or -1 (full set), got {gallery_size}")
