@@ -23,5 +23,8 @@ $(VENV)/.installed: setup.py requirements.txt tools/install_detectron2.py
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
+demo: install
+	$(PY) -m person_search.cli demo
+
 clean-venv:
 	rm -rf $(VENV)

@@ -30,6 +30,7 @@ def _add_demo(subparsers):
     demo.add_argument("--output", default="demo_output", help="output folder (default: demo_output)")
     demo.add_argument("--config", default=DEMO_CONFIG, help="config of the demo model")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--preset", default="demo", choices=("tiny", "demo"), help="size of the synthetic dataset")
     demo.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE", help="config overrides")
     demo.set_defaults(func=_demo_command)
 
@@ -60,7 +61,7 @@ def _demo_command(args):
     from .demo import format_summary, run_demo
 
     _setup_logging()
-    summary = run_demo(args.output, config_file=args.config, seed=args.seed, opts=args.opts)
+    summary = run_demo(args.output, config_file=args.config, seed=args.seed, preset=args.preset, opts=args.opts)
     print(format_summary(summary))
     return 0
 

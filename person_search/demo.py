@@ -31,7 +31,7 @@ def _dataset_folder():
     return MetadataCatalog.get(f"{DATASET_PREFIX}_gallery").dataset_root
 
 
-def _prepare_data(seed):
+def _prepare_data(seed, preset):
     from person_search.data.synthetic import MARKER_FILE, generate_cuhk_sysu
 
     folder = _dataset_folder()
@@ -39,11 +39,11 @@ def _prepare_data(seed):
     if os.path.exists(marker):
         with open(marker) as f:
             params = json.load(f)
-        if params.get("preset") == "demo" and params.get("seed") == seed:
+        if params.get("preset") == preset and params.get("seed") == seed:
             logger.info(f"Using the synthetic dataset in {folder}")
             return folder
     logger.info(f"Writing the synthetic demo dataset to {folder}")
-    generate_cuhk_sysu(folder, preset="demo", seed=seed, progress=True)
+    generate_cuhk_sysu(folder, preset=preset, seed=seed, progress=True)
     return folder
 
 
@@ -52,14 +52,18 @@ def _search_metrics(results):
     return {"detection": results[gallery]["detection"], "search": results[gallery]["search"]}
 
 
-def run_demo(output_dir="demo_output", *, config_file=DEMO_CONFIG, seed=0, opts=()):
-    """Run the demo; returns the summary dict also written to ``<output_dir>/summary.json``."""
+def run_demo(output_dir="demo_output", *, config_file=DEMO_CONFIG, seed=0, preset="demo", opts=()):
+    """Run the demo; returns the summary dict also written to ``<output_dir>/summary.json``.
+
+    ``preset`` is the synthetic dataset's size (person_search.data.synthetic.PRESETS); the data are written to the
+    folder registered as ``synthetic_cuhk_sysu_*`` (``$DETECTRON2_DATASETS/synthetic/CUHK-SYSU``).
+    """
     from person_search.engine import PersonSearchTrainer
     from person_search.search import build_index, load_search_config, search_person
 
     start = time.perf_counter()
     os.makedirs(output_dir, exist_ok=True)
-    _prepare_data(seed)
+    _prepare_data(seed, preset)
     cfg = load_search_config(
         config_file, ["OUTPUT_DIR", os.path.join(output_dir, "train"), "SEED", seed, *opts]
     )

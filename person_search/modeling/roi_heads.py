@@ -16,7 +16,7 @@ from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads, Stan
 from .embedding_head import IdentityEmbeddingHead
 from .identity_losses import build_identity_loss
 
-__all__ = ["ReIDRes5ROIHeads", "ReIDStandardROIHeads", "foreground_pids"]
+__all__ = ["ReIDRes5ROIHeads", "ReIDStandardROIHeads", "foreground_pids", "identity_branch_from_config"]
 
 
 def foreground_pids(proposals, num_classes):
@@ -36,6 +36,15 @@ def _attach_embeddings(instances, embeddings):
     for inst, emb in zip(instances, embeddings.split([len(i) for i in instances])):
         inst.pred_embeddings = emb
     return instances
+
+
+def identity_branch_from_config(cfg, in_channels):
+    """Constructor arguments of the identity branch shared by both ROI heads: embedding head, loss and weight."""
+    return {
+        "embedding_head": IdentityEmbeddingHead(in_channels, cfg.MODEL.REID.EMBED_DIM, cfg.MODEL.REID.EMBED_NORM),
+        "identity_loss": build_identity_loss(cfg),
+        "reid_loss_weight": cfg.MODEL.REID.LOSS_WEIGHT,
+    }
 
 
 def _check_gt_pids(targets):
@@ -62,11 +71,7 @@ class ReIDRes5ROIHeads(Res5ROIHeads):
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
         res5_out_channels = cfg.MODEL.RESNETS.RES2_OUT_CHANNELS * 8  # Res5ROIHeads' res5 widens res4 by 2
-        ret["embedding_head"] = IdentityEmbeddingHead(
-            res5_out_channels, cfg.MODEL.REID.EMBED_DIM, cfg.MODEL.REID.EMBED_NORM
-        )
-        ret["identity_loss"] = build_identity_loss(cfg)
-        ret["reid_loss_weight"] = cfg.MODEL.REID.LOSS_WEIGHT
+        ret.update(identity_branch_from_config(cfg, res5_out_channels))
         return ret
 
     def forward(self, images, features, proposals, targets=None):
@@ -157,11 +162,7 @@ class ReIDStandardROIHeads(StandardROIHeads):
         return {
             "reid_pooler": reid_pooler,
             "reid_head": reid_head,
-            "embedding_head": IdentityEmbeddingHead(
-                tower_channels, cfg.MODEL.REID.EMBED_DIM, cfg.MODEL.REID.EMBED_NORM
-            ),
-            "identity_loss": build_identity_loss(cfg),
-            "reid_loss_weight": cfg.MODEL.REID.LOSS_WEIGHT,
+            **identity_branch_from_config(cfg, tower_channels),
         }
 
     def _embed(self, features, boxes):
