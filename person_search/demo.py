@@ -62,6 +62,7 @@ def run_demo(output_dir="demo_output", *, config_file=DEMO_CONFIG, seed=0, prese
     from person_search.search import build_index, load_search_config, search_person
 
     start = time.perf_counter()
+    output_dir = os.path.abspath(output_dir)  # the summary names files by absolute path
     os.makedirs(output_dir, exist_ok=True)
     _prepare_data(seed, preset)
     cfg = load_search_config(

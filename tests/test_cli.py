@@ -18,7 +18,8 @@ def test_demo_end_to_end_on_a_tiny_synthetic_set(tmp_path):
     out = run_cli(
         "demo", "--preset", "tiny", "--output", "demo_out",
         "--opts", "SOLVER.MAX_ITER", "2", "MODEL.REID.OIM.NUM_LABELED", "12", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
-        "TEST.PERSON_SEARCH.DET_THRESH", "0.0",
+        "TEST.PERSON_SEARCH.DET_THRESH", "0.0", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128",
+        "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128",
         cwd=tmp_path, env=env,
     )
     assert out.returncode == 0, out.stderr[-3000:]
