@@ -151,7 +151,8 @@ def _cuhk_protocol(scene, queries, prefix):
                     rest = [i for i in range(scene.num_images) if i not in taken]
                 else:
                     rest = []
-                    while len(rest) < gallery_size - len(pos):
+                    # at small --scale the test set may hold fewer images than the gallery size
+                    while len(rest) < min(gallery_size, scene.num_images - 1) - len(pos):
                         i = int(scene.rng.integers(scene.num_images))
                         if i not in taken:
                             taken.add(i)

@@ -32,14 +32,18 @@ def _dataset_folder():
 
 
 def _prepare_data(seed, preset):
-    from person_search.data.synthetic import MARKER_FILE, generate_cuhk_sysu
+    from person_search.data.synthetic import MARKER_FILE, PRESETS, generate_cuhk_sysu
 
     folder = _dataset_folder()
     marker = os.path.join(folder, MARKER_FILE)
     if os.path.exists(marker):
         with open(marker) as f:
-            params = json.load(f)
-        if params.get("preset") == preset and params.get("seed") == seed:
+            written = json.load(f)
+        # json turns the presets' tuples into lists
+        wanted = json.loads(json.dumps(PRESETS["cuhk_sysu"][preset]))
+        params = written.get("params", {})
+        same = written.get("complete") and written.get("seed") == seed
+        if same and all(params.get(key) == value for key, value in wanted.items()):
             logger.info(f"Using the synthetic dataset in {folder}")
             return folder
     logger.info(f"Writing the synthetic demo dataset to {folder}")
