@@ -21,6 +21,17 @@ def make_input(seed, boxes, pids):
     return {"image": image, "instances": inst, "height": H, "width": W}
 
 
+def training_step(model, batch, optimizer):
+    """One SGD step; checks the losses of the person-search model are all there and finite."""
+    losses = model(batch)
+    assert {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc", "loss_reid"} <= set(losses)
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    optimizer.zero_grad()
+    total.backward()
+    optimizer.step()
+
+
 MODELS = {"C4": TINY_CONFIG, "FPN": TINY_FPN_CONFIG}
 
 
@@ -39,13 +50,7 @@ def test_training_steps_then_inference(variant):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with EventStorage():
         for batch in batches:
-            losses = model(batch)
-            assert {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc", "loss_reid"} <= set(losses)
-            total = sum(losses.values())
-            assert torch.isfinite(total)
-            optimizer.zero_grad()
-            total.backward()
-            optimizer.step()
+            training_step(model, batch, optimizer)
     # labeled persons 3 and 5 have lookup-table rows now; unlabeled persons went to the queue
     assert set(oim.lut.norm(dim=1).nonzero().flatten().tolist()) == {3, 5}
     assert int(oim.queue_ptr) > 0
