@@ -122,3 +122,30 @@ def test_train_net_script_help():
         [sys.executable, os.path.join(REPO_ROOT, "train_net.py"), "--help"], capture_output=True, text=True, check=True
     )
     assert "--config-file" in out.stdout and "--eval-only" in out.stdout
+
+
+def test_crop_reid_trains_and_evaluates_with_the_same_trainer(tmp_path):
+    from detectron2.data import DatasetCatalog
+
+    from person_search.data import load_market1501, register_reid_splits
+    from person_search.data.synthetic import generate_market1501
+
+    root = tmp_path / "Market-1501-v15.09.15"
+    generate_market1501(str(root), preset="tiny", seed=0)
+    prefix = "test_trainer_market"
+    if f"{prefix}_train" not in DatasetCatalog.list():
+        register_reid_splits(prefix, str(root), load_market1501)
+    cfg = tiny_cfg(
+        "DATASETS.TRAIN", (f"{prefix}_train",),
+        "DATASETS.TEST", (f"{prefix}_gallery",),
+        "SOLVER.MAX_ITER", 3,
+        "OUTPUT_DIR", str(tmp_path / "out"),
+        config_file=os.path.join(REPO_ROOT, "configs", "quick_schedules", "oim_tiny_reid_crop_cpu_instant_test.yaml"),
+    )
+    cfg.freeze()
+    trainer = PersonSearchTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    results = trainer.train()
+    metrics = results[f"{prefix}_gallery"]["reid"]
+    assert set(metrics) == {"mAP", "rank1", "rank5", "rank10", "mINP"}
+    assert all(0.0 <= v <= 100.0 for v in metrics.values())

@@ -147,28 +147,33 @@ class PersonSearchTrainer(DefaultTrainer):
         Returns an OrderedDict ``{dataset_name: results}`` (``{dataset_name + "/gt_boxes": ...}`` for the
         ground-truth-box variant), as DefaultTrainer.test does.
         """
-        from person_search.evaluation import build_person_search_test_loaders, inference_on_person_search
-
         if evaluators is not None and len(evaluators) != len(cfg.DATASETS.TEST):
             raise ValueError(f"{len(evaluators)} evaluators given for {len(cfg.DATASETS.TEST)} test datasets")
         results = OrderedDict()
         for i, name in enumerate(cfg.DATASETS.TEST):
             evaluator = evaluators[i] if evaluators is not None else cls.build_evaluator(cfg, name)
-            evaluator_type = MetadataCatalog.get(name).evaluator_type
-            if evaluator_type == "reid":
+            if MetadataCatalog.get(name).evaluator_type == "reid":
                 from person_search.evaluation.reid_evaluation import build_reid_test_loader, inference_on_reid
 
                 results[name] = inference_on_reid(model, build_reid_test_loader(cfg, name), evaluator)
-                continue
-            variants = [(name, evaluator, False)]
-            if cfg.TEST.PERSON_SEARCH.USE_GT_BOXES:
-                variants.append((name + "/gt_boxes", cls.build_evaluator(
-                    cfg, name, os.path.join(cfg.OUTPUT_DIR, "inference", name, "gt_boxes"), use_gt_boxes=True
-                ), True))
-            for key, variant_evaluator, use_gt in variants:
-                gallery_loader, query_loader = build_person_search_test_loaders(cfg, name, use_gt_boxes=use_gt)
-                results[key] = inference_on_person_search(model, gallery_loader, query_loader, variant_evaluator)
-                if comm.is_main_process():
-                    logger.info(f"Evaluation results for {key} in csv format:")
-                    print_csv_format(results[key])
+            else:
+                results.update(cls._test_person_search(cfg, model, name, evaluator))
+        if comm.is_main_process():
+            for key, value in results.items():
+                logger.info(f"Evaluation results for {key} in csv format:")
+                print_csv_format(value)
+        return results
+
+    @classmethod
+    def _test_person_search(cls, cfg, model, name, evaluator):
+        from person_search.evaluation import build_person_search_test_loaders, inference_on_person_search
+
+        variants = [(name, evaluator, False)]
+        if cfg.TEST.PERSON_SEARCH.USE_GT_BOXES:
+            gt_folder = os.path.join(cfg.OUTPUT_DIR, "inference", name, "gt_boxes")
+            variants.append((name + "/gt_boxes", cls.build_evaluator(cfg, name, gt_folder, use_gt_boxes=True), True))
+        results = {}
+        for key, variant_evaluator, use_gt in variants:
+            gallery_loader, query_loader = build_person_search_test_loaders(cfg, name, use_gt_boxes=use_gt)
+            results[key] = inference_on_person_search(model, gallery_loader, query_loader, variant_evaluator)
         return results
