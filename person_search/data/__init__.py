@@ -7,12 +7,20 @@ from .builtin import register_cuhk_sysu, register_person_search_datasets, regist
 from .cuhk_sysu import cuhk_sysu_num_labeled, cuhk_sysu_search_protocol, load_cuhk_sysu
 from .mapper import PersonSearchDatasetMapper
 from .prw import load_prw, prw_num_labeled
-from .reid_datasets import (  # noqa: F401  (crop re-ID datasets)
+from .reid_datasets import (
     extract_cuhk03_images, load_cuhk03, load_dukemtmc, load_market1501, register_reid_datasets, register_reid_splits
 )
+from .reid_mapper import ReIDCropMapper
 
 __all__ = [
     "PersonSearchDatasetMapper",
+    "ReIDCropMapper",
+    "extract_cuhk03_images",
+    "load_cuhk03",
+    "load_dukemtmc",
+    "load_market1501",
+    "register_reid_datasets",
+    "register_reid_splits",
     "cuhk_sysu_num_labeled",
     "cuhk_sysu_search_protocol",
     "load_cuhk_sysu",
