@@ -32,10 +32,28 @@ def foreground_pids(proposals, num_classes):
     return cat(pids), cat(foreground)
 
 
-def _attach_embeddings(instances, embeddings):
-    for inst, emb in zip(instances, embeddings.split([len(i) for i in instances])):
-        inst.pred_embeddings = emb
-    return instances
+class _IdentityBranch:
+    """What both ReID ROI heads share: the branch's modules, its loss term and the embedding of given boxes.
+    A head provides ``_embed(features, boxes) -> (N, D)`` for a non-empty list of per-image Boxes."""
+
+    def _init_identity_branch(self, embedding_head, identity_loss, reid_loss_weight):
+        self.embedding_head = embedding_head
+        self.identity_loss = identity_loss
+        self.reid_loss_weight = reid_loss_weight
+
+    def _reid_loss(self, embeddings, pids):
+        return {"loss_reid": self.reid_loss_weight * self.identity_loss(embeddings, pids)}
+
+    def _attach_embeddings(self, features, instances):
+        """Set ``pred_embeddings`` of every instance from its ``pred_boxes``."""
+        boxes = [x.pred_boxes for x in instances]
+        if sum(len(b) for b in boxes) == 0:
+            embeddings = next(iter(features.values())).new_zeros(0, self.embedding_head.embed_dim)
+        else:
+            embeddings = self._embed(features, boxes)
+        for inst, emb in zip(instances, embeddings.split([len(b) for b in boxes])):
+            inst.pred_embeddings = emb
+        return instances
 
 
 def identity_branch_from_config(cfg, in_channels):
@@ -57,15 +75,13 @@ def _check_gt_pids(targets):
 
 
 @ROI_HEADS_REGISTRY.register()
-class ReIDRes5ROIHeads(Res5ROIHeads):
+class ReIDRes5ROIHeads(_IdentityBranch, Res5ROIHeads):
     """The paper's C4 head: one res5 block shared by the box branch and the identity branch."""
 
     @configurable
     def __init__(self, *, embedding_head, identity_loss, reid_loss_weight=1.0, **kwargs):
         super().__init__(**kwargs)
-        self.embedding_head = embedding_head
-        self.identity_loss = identity_loss
-        self.reid_loss_weight = reid_loss_weight
+        self._init_identity_branch(embedding_head, identity_loss, reid_loss_weight)
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -90,7 +106,7 @@ class ReIDRes5ROIHeads(Res5ROIHeads):
             losses = self.box_predictor.losses(predictions, proposals)
             pids, is_fg = foreground_pids(proposals, self.num_classes)
             embeddings = self.embedding_head(box_features[is_fg])
-            losses["loss_reid"] = self.reid_loss_weight * self.identity_loss(embeddings, pids[is_fg])
+            losses.update(self._reid_loss(embeddings, pids[is_fg]))
             if self.mask_on:
                 raise NotImplementedError("ReIDRes5ROIHeads does not support MODEL.MASK_ON")
             return [], losses
@@ -101,18 +117,14 @@ class ReIDRes5ROIHeads(Res5ROIHeads):
     def forward_with_given_boxes(self, features, instances):
         """Embed ``instances[i].pred_boxes`` (final detections or given query boxes)."""
         assert not self.training
-        instances = super().forward_with_given_boxes(features, instances)
-        boxes = [x.pred_boxes for x in instances]
-        if sum(len(b) for b in boxes) == 0:
-            embeddings = features[self.in_features[0]].new_zeros(0, self.embedding_head.embed_dim)
-        else:
-            box_features = self._shared_roi_transform([features[f] for f in self.in_features], boxes)
-            embeddings = self.embedding_head(box_features)
-        return _attach_embeddings(instances, embeddings)
+        return self._attach_embeddings(features, super().forward_with_given_boxes(features, instances))
+
+    def _embed(self, features, boxes):
+        return self.embedding_head(self._shared_roi_transform([features[f] for f in self.in_features], boxes))
 
 
 @ROI_HEADS_REGISTRY.register()
-class ReIDStandardROIHeads(StandardROIHeads):
+class ReIDStandardROIHeads(_IdentityBranch, StandardROIHeads):
     """StandardROIHeads (e.g. FPN) plus an identity branch.
 
     The identity branch pools the foreground proposals (training) or final boxes (inference) with its own
@@ -127,9 +139,7 @@ class ReIDStandardROIHeads(StandardROIHeads):
         super().__init__(**kwargs)
         self.reid_pooler = reid_pooler
         self.reid_head = reid_head  # None: share self.box_head
-        self.embedding_head = embedding_head
-        self.identity_loss = identity_loss
-        self.reid_loss_weight = reid_loss_weight
+        self._init_identity_branch(embedding_head, identity_loss, reid_loss_weight)
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -176,7 +186,7 @@ class ReIDStandardROIHeads(StandardROIHeads):
             p.proposal_boxes[(p.gt_classes >= 0) & (p.gt_classes < self.num_classes)] for p in proposals
         ]
         embeddings = self._embed(features, fg_boxes)
-        return {"loss_reid": self.reid_loss_weight * self.identity_loss(embeddings, pids[is_fg])}
+        return self._reid_loss(embeddings, pids[is_fg])
 
     def forward(self, images, features, proposals, targets=None):
         if not self.training:
@@ -193,10 +203,4 @@ class ReIDStandardROIHeads(StandardROIHeads):
 
     def forward_with_given_boxes(self, features, instances):
         """Embed ``instances[i].pred_boxes`` (final detections or given query boxes)."""
-        instances = super().forward_with_given_boxes(features, instances)
-        boxes = [x.pred_boxes for x in instances]
-        if sum(len(b) for b in boxes) == 0:
-            embeddings = features[self.box_in_features[0]].new_zeros(0, self.embedding_head.embed_dim)
-        else:
-            embeddings = self._embed(features, boxes)
-        return _attach_embeddings(instances, embeddings)
+        return self._attach_embeddings(features, super().forward_with_given_boxes(features, instances))
