@@ -57,6 +57,7 @@ from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.events import EventStorage
 
 from person_search import add_person_search_config
+from person_search.precision import autocast as precision_autocast
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "CUHK-SYSU", "oim_R_50_C4_cuhk_sysu.yaml")
@@ -231,7 +232,7 @@ def zero_output_layers(model):
 class Models:
     """The two models; on a GPU only the one being measured stays on the device."""
 
-    def __init__(self, cfg, bare_cfg, device, seed, zero_outputs=True):
+    def __init__(self, cfg, bare_cfg, device, seed, zero_outputs=True, channels_last=False):
         self.device = device
         self.models = {}
         for name, c in (("bare", bare_cfg), ("ours", cfg)):
@@ -239,6 +240,9 @@ class Models:
             model = build_model(c)
             if zero_outputs:
                 zero_output_layers(model)
+            if channels_last:
+                # conv weights in NHWC: cuDNN then runs the convolutions (and their outputs) channels-last
+                model.to(memory_format=torch.channels_last)
             self.models[name] = model.to("cpu" if device.type == "cuda" else device)
 
     def get(self, name):
@@ -252,8 +256,7 @@ class Models:
 
 
 def autocast(device, precision):
-    dtype = PRECISIONS[precision]
-    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+    return precision_autocast(device, PRECISIONS[precision])
 
 
 def train_step_fn(model, batches, device, precision, lr):
@@ -301,6 +304,7 @@ class Emitter:
             "width": args.width,
             "test_proposals": cfg.MODEL.RPN.POST_NMS_TOPK_TEST,
             "train_rois_per_image": cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE,
+            "channels_last": args.channels_last,
         }
         self.machine = machine_info(device)
 
@@ -384,32 +388,46 @@ def bench_query(args, models, meter, emit, device, gen):
              bare_note="bare: same call without an identity branch (backbone + given boxes only)")
 
 
+def reference_and_candidate(model, run, device, channels_last):
+    """``run()`` in eager fp32 with contiguous (NCHW) weights, then under bf16 autocast (channels-last weights
+    when ``channels_last``): the benchmarked fast path against the plain one."""
+    with torch.no_grad():
+        model.to(memory_format=torch.contiguous_format)
+        ref = run()
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        with autocast(device, "bf16"):
+            low = run()
+    return ref, low
+
+
 def bench_check(args, models, emit, device, gen):
-    """bf16-autocast inference vs fp32 on the same inputs (ours): detections matched by IoU, and query boxes."""
+    """bf16-autocast (+ channels-last) inference vs fp32 on the same inputs (ours): detections matched by IoU,
+    and query boxes."""
     model = models.get("ours").eval()
     set_score_thresh(model, args.score_thresh)
     inputs = test_batches(gen, 1, args.batch, args.height, args.width, device)[0]
-    with torch.no_grad():
-        ref = [o["instances"].to("cpu") for o in model(inputs)]
-        with autocast(device, "bf16"):
-            low = [o["instances"].to("cpu") for o in model(inputs)]
+    ref, low = reference_and_candidate(
+        model, lambda: [o["instances"].to("cpu") for o in model(inputs)], device, args.channels_last
+    )
     emb_diffs, box_diffs, cosines, matched, total = [], [], [], 0, 0
     for r, lo in zip(ref, low):
         total += len(r)
         if len(r) == 0 or len(lo) == 0:
             continue
-        iou = pairwise_iou(r.pred_boxes, Boxes(lo.pred_boxes.tensor.float()))
+        iou = pairwise_iou(r.pred_boxes, lo.pred_boxes)
         best_iou, best = iou.max(dim=1)
         keep = best_iou >= args.match_iou
         matched += int(keep.sum())
         if keep.any():
-            e_ref = r.pred_embeddings[keep].float()
-            e_low = lo.pred_embeddings[best[keep]].float()
+            e_ref = r.pred_embeddings[keep]
+            e_low = lo.pred_embeddings[best[keep]]
             emb_diffs.append((e_ref - e_low).abs().max())
             cosines.append((e_ref * e_low).sum(dim=1).min())
-            box_diffs.append((r.pred_boxes.tensor[keep] - lo.pred_boxes.tensor[best[keep]].float()).abs().max())
+            box_diffs.append((r.pred_boxes.tensor[keep] - lo.pred_boxes.tensor[best[keep]]).abs().max())
     emb_max = float(torch.stack(emb_diffs).max()) if emb_diffs else None
-    common = dict(precision="bf16 vs fp32", batch=args.batch, score_thresh=args.score_thresh,
+    candidate = "bf16 channels-last" if args.channels_last else "bf16"
+    common = dict(precision=f"{candidate} vs fp32", batch=args.batch, score_thresh=args.score_thresh,
                   match_iou=args.match_iou, tolerance=args.tolerance)
     emit("check.detection_embeddings.max_abs_diff", emb_max, "abs", None,
          min_cosine=float(torch.stack(cosines).min()) if cosines else None,
@@ -418,13 +436,12 @@ def bench_check(args, models, emit, device, gen):
          within_tolerance=None if emb_max is None else emb_max <= args.tolerance, **common)
 
     queries, boxes = query_batches(gen, 1, args.batch, args.height, args.width, device)[0]
-    with torch.no_grad():
-        ref = [o["instances"].pred_embeddings.float().cpu()
-               for o in model.inference(queries, detected_instances=given_instances(boxes, args.height, args.width))]
-        with autocast(device, "bf16"):
-            low = [o["instances"].pred_embeddings.float().cpu() for o in
-                   model.inference(queries, detected_instances=given_instances(boxes, args.height, args.width))]
-    ref, low = torch.cat(ref), torch.cat(low)
+
+    def embed_queries():
+        given = given_instances(boxes, args.height, args.width)
+        return torch.cat([o["instances"].pred_embeddings.cpu() for o in model.inference(queries, detected_instances=given)])
+
+    ref, low = reference_and_candidate(model, embed_queries, device, args.channels_last)
     query_max = float((ref - low).abs().max())
     emit("check.query_embeddings.max_abs_diff", query_max, "abs", None,
          min_cosine=float((ref * low).sum(dim=1).min()), queries=len(ref),
@@ -449,7 +466,10 @@ def parse_args(argv=None):
     parser.add_argument("--random-output-layers", action="store_true",
                         help="keep the random RPN / box predictor output layers (default: zeroed, see "
                              "zero_output_layers; random ones give almost no proposals and detections with R50)")
-    parser.add_argument("--check", action="store_true", help="compare bf16-autocast inference to fp32")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="both models' conv weights in channels-last (NHWC) memory format")
+    parser.add_argument("--check", action="store_true",
+                        help="compare bf16-autocast inference (channels-last with --channels-last) to eager fp32")
     parser.add_argument("--tolerance", type=float, default=0.05,
                         help="--check: max abs difference of unit-norm embeddings counted as agreement")
     parser.add_argument("--match-iou", type=float, default=0.9, help="--check: IoU matching bf16 to fp32 boxes")
@@ -480,7 +500,8 @@ def main(argv=None):
     device = torch.device(args.device)
     meter = Meter(device)
     emit = Emitter(args, cfg, device)
-    models = Models(cfg, bare_cfg, device, args.seed, zero_outputs=not args.random_output_layers)
+    models = Models(cfg, bare_cfg, device, args.seed, zero_outputs=not args.random_output_layers,
+                    channels_last=args.channels_last)
     gen = torch.Generator().manual_seed(args.seed)
     if "train" in args.benchmarks:
         bench_train(args, models, meter, emit, cfg, device, gen)

@@ -53,11 +53,20 @@ def add_person_search_config(cfg):
     _C.TEST.PERSON_SEARCH.GALLERY_SIZE = 100
     # PRW: drop gallery frames from the query's camera (the "cross-camera" / multi-view gallery).
     _C.TEST.PERSON_SEARCH.CROSS_CAMERA = False
+    # Images per batch and device of the gallery and query test loaders (detectron2's test loaders use 1).
+    # Larger batches are faster on a GPU; images of a batch are zero-padded to a common size, which changes
+    # features near the padded border slightly, so results can differ a little from batch 1.
+    _C.TEST.PERSON_SEARCH.IMS_PER_BATCH = 1
     # Detections below this score are ignored by the search and detection protocols.
     _C.TEST.PERSON_SEARCH.DET_THRESH = 0.5
     # Also evaluate with gallery embeddings computed on ground-truth boxes (the paper's "GT boxes" column).
     _C.TEST.PERSON_SEARCH.USE_GT_BOXES = False
 
-    # Mixed precision of the forward pass in training and inference: "" (fp32), "bf16" or "fp16".
+    # Mixed precision of the training forward pass: "" (fp32), "bf16" or "fp16" (torch.autocast; fp16 on CUDA adds
+    # a GradScaler). The OIM tables and logits stay fp32.
     _C.SOLVER.AMP_DTYPE = ""
+    # Mixed precision of inference (evaluation, `person_search index` / `query`): "" (fp32), "bf16" or "fp16".
+    # Boxes, scores and embeddings are returned in fp32; they agree with fp32 inference to about 1e-2 per
+    # embedding component (benchmarks/model_speed.py --check).
+    _C.TEST.AMP_DTYPE = ""
     return cfg

@@ -331,7 +331,8 @@ def test_inference_with_gt_boxes(prw):
     assert results["search"]["mAP"] == pytest.approx(100 * (0.5 + 0.2) / 2)
 
 
-def test_build_test_loaders(prw, monkeypatch):
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_build_test_loaders(prw, monkeypatch, batch_size):
     import person_search.data
 
     class FakeMapper:
@@ -344,8 +345,12 @@ def test_build_test_loaders(prw, monkeypatch):
 
     monkeypatch.setattr(person_search.data, "PersonSearchDatasetMapper", FakeMapper)
     cfg = get_cfg()
+    person_search.add_person_search_config(cfg)
     cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.TEST.PERSON_SEARCH.IMS_PER_BATCH = batch_size
     gallery_loader, query_loader = build_person_search_test_loaders(cfg, prw, use_gt_boxes=True)
+    expected_sizes = [1, 1, 1, 1] if batch_size == 1 else [3, 1]
+    assert [len(batch) for batch in gallery_loader] == expected_sizes
     gallery = [x for batch in gallery_loader for x in batch]
     queries = [x for batch in query_loader for x in batch]
     assert [x["image_id"] for x in gallery] == ["f0", "f1", "f2", "f3"] and all(x["gt_flag"] for x in gallery)

@@ -121,6 +121,29 @@ def test_inference_embeddings_are_unit_norm_and_aligned_with_boxes(name):
         assert torch.allclose(emb.pred_embeddings, det.pred_embeddings.flip(0), atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["ReIDRes5ROIHeads", "ReIDStandardROIHeads"])
+def test_bf16_autocast_inference_returns_fp32_embeddings_close_to_fp32(name):
+    head, features = build_head(name)
+    head.eval()
+    given = []
+    # the last box is narrower than bfloat16's step at x = 110 (0.5 px): it must not collapse to zero width
+    for boxes in ([[10.0, 10.0, 40.0, 80.0], [70.0, 5.0, 110.0, 90.0]], [[20.0, 30.0, 60.0, 90.0], [110.8, 35.4, 110.9, 90.0]]):
+        inst = Instances(IMAGE_SIZE)
+        inst.pred_boxes = Boxes(torch.tensor(boxes))
+        inst.pred_classes = torch.zeros(len(boxes), dtype=torch.long)
+        given.append(inst)
+    with torch.no_grad():
+        fp32 = head.forward_with_given_boxes(features, [x[:] for x in given])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = head.forward_with_given_boxes(features, [x[:] for x in given])
+    for a, b in zip(fp32, bf16):
+        assert b.pred_embeddings.dtype == torch.float32
+        assert torch.allclose(b.pred_embeddings.norm(dim=1), torch.ones(len(b)), atol=1e-5)
+        # bfloat16 keeps 8 significant bits: components of 32-d unit vectors agree to a few 1e-3
+        assert (a.pred_embeddings - b.pred_embeddings).abs().max() < 0.05
+        assert (a.pred_embeddings * b.pred_embeddings).sum(dim=1).min() > 0.99
+
+
 def test_given_boxes_with_no_boxes():
     head, features = build_head("ReIDRes5ROIHeads")
     head.eval()

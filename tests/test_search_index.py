@@ -81,6 +81,17 @@ def test_index_round_trip(built, gallery):
     )
 
 
+def test_bf16_index_has_fp32_unit_embeddings(built, gallery, tmp_path):
+    bf16 = build_index(tiny_cfg(*FAST_OPTS, "TEST.AMP_DTYPE", "bf16"), "", gallery, str(tmp_path), **BUILD_ARGS)
+    assert bf16.embeddings.dtype == np.float32 and bf16.boxes.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(bf16.embeddings, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(np.bincount(bf16.image_index), np.bincount(built.image_index))
+    # Closeness to fp32 is checked on given boxes (test_roi_heads.py) and through evaluation (test_train_net.py):
+    # a random model's box regression turns bf16 rounding into box shifts of a few pixels.
+    # the precision is a TEST key: the same model, so fp32 queries may search a bf16-built index
+    assert bf16.manifest["model"]["identity"] == built.manifest["model"]["identity"]
+
+
 def test_rerun_reuses_finished_index_and_refuses_other_arguments(built, gallery, monkeypatch):
     def no_forward(self, images):
         raise AssertionError("a finished index must not be recomputed")

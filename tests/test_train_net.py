@@ -108,6 +108,20 @@ def test_bf16_autocast_training_step(synthetic_cuhk_sysu, tmp_path):
     assert oim.lut.dtype == torch.float32 and torch.isfinite(oim.lut).all()
 
 
+def test_bf16_inference_evaluates_like_fp32(synthetic_cuhk_sysu, tmp_path):
+    _, prefix = synthetic_cuhk_sysu
+    results = {}
+    for amp in ("", "bf16"):
+        cfg = trainer_cfg(prefix, tmp_path / (amp or "fp32"), "TEST.AMP_DTYPE", amp, "TEST.PERSON_SEARCH.IMS_PER_BATCH", 2)
+        torch.manual_seed(0)
+        model = PersonSearchTrainer.build_model(cfg)
+        results[amp] = PersonSearchTrainer.test(cfg, model)[f"{prefix}_gallery"]
+    # A random model: near-tied scores can swap, so the metrics agree closely, not exactly.
+    for task in ("search", "detection"):
+        for key, value in results[""][task].items():
+            assert results["bf16"][task][key] == pytest.approx(value, abs=5.0), (task, key)
+
+
 def test_too_small_lookup_table_is_reported_before_training(synthetic_cuhk_sysu, tmp_path):
     _, prefix = synthetic_cuhk_sysu
     with pytest.raises(ValueError, match="MODEL.REID.OIM.NUM_LABELED"):

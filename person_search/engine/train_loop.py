@@ -5,17 +5,14 @@ import torch
 
 from detectron2.engine import SimpleTrainer
 
-__all__ = ["MixedPrecisionTrainer", "amp_dtype_from_config"]
+from person_search.precision import amp_dtype
 
-_DTYPES = {"": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+__all__ = ["MixedPrecisionTrainer", "amp_dtype_from_config"]
 
 
 def amp_dtype_from_config(cfg):
     """``cfg.SOLVER.AMP_DTYPE`` ("" / "bf16" / "fp16") as a torch dtype, None for fp32."""
-    name = cfg.SOLVER.AMP_DTYPE
-    if name not in _DTYPES:
-        raise ValueError(f"SOLVER.AMP_DTYPE must be one of {sorted(_DTYPES)}, got {name!r}")
-    return _DTYPES[name]
+    return amp_dtype(cfg.SOLVER.AMP_DTYPE, "SOLVER.AMP_DTYPE")
 
 
 class MixedPrecisionTrainer(SimpleTrainer):

@@ -10,6 +10,8 @@ from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import print_csv_format
 from detectron2.utils import comm
 
+from person_search.precision import inference_autocast
+
 from .hooks import RandomStateCheckpointHook
 from .train_loop import MixedPrecisionTrainer, amp_dtype_from_config
 
@@ -144,7 +146,7 @@ class PersonSearchTrainer(DefaultTrainer):
     def test(cls, cfg, model, evaluators=None):
         """Evaluate on every ``cfg.DATASETS.TEST`` gallery set; also with ground-truth gallery boxes if asked.
 
-        Returns an OrderedDict ``{dataset_name: results}`` (``{dataset_name + "/gt_boxes": ...}`` for the
+        The forward passes run under ``cfg.TEST.AMP_DTYPE`` autocast. Returns an OrderedDict ``{dataset_name: results}`` (``{dataset_name + "/gt_boxes": ...}`` for the
         ground-truth-box variant), as DefaultTrainer.test does.
         """
         if evaluators is not None and len(evaluators) != len(cfg.DATASETS.TEST):
@@ -152,12 +154,13 @@ class PersonSearchTrainer(DefaultTrainer):
         results = OrderedDict()
         for i, name in enumerate(cfg.DATASETS.TEST):
             evaluator = evaluators[i] if evaluators is not None else cls.build_evaluator(cfg, name)
-            if MetadataCatalog.get(name).evaluator_type == "reid":
-                from person_search.evaluation.reid_evaluation import build_reid_test_loader, inference_on_reid
+            with inference_autocast(cfg):
+                if MetadataCatalog.get(name).evaluator_type == "reid":
+                    from person_search.evaluation.reid_evaluation import build_reid_test_loader, inference_on_reid
 
-                results[name] = inference_on_reid(model, build_reid_test_loader(cfg, name), evaluator)
-            else:
-                results.update(cls._test_person_search(cfg, model, name, evaluator))
+                    results[name] = inference_on_reid(model, build_reid_test_loader(cfg, name), evaluator)
+                else:
+                    results.update(cls._test_person_search(cfg, model, name, evaluator))
         if comm.is_main_process():
             for key, value in results.items():
                 logger.info(f"Evaluation results for {key} in csv format:")

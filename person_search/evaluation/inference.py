@@ -8,13 +8,16 @@ import logging
 import time
 
 import torch
-from detectron2.data import MetadataCatalog, build_detection_test_loader
+from detectron2.data import MetadataCatalog, get_detection_dataset_dicts
+from detectron2.data.build import trivial_batch_collator
+from detectron2.data.common import DatasetFromList, MapDataset
+from detectron2.data.samplers import InferenceSampler
 from detectron2.evaluation.evaluator import inference_context
 from detectron2.utils.comm import get_world_size
 from detectron2.utils.logger import log_every_n_seconds
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
-__all__ = ["inference_on_person_search", "build_person_search_test_loaders"]
+__all__ = ["inference_on_person_search", "build_person_search_test_loaders", "build_batched_test_loader"]
 
 logger = logging.getLogger(__name__)
 
@@ -23,16 +26,36 @@ def build_person_search_test_loaders(cfg, gallery_dataset_name, use_gt_boxes=Fal
     """Test loaders ``(gallery_loader, query_loader)`` of a person-search gallery dataset.
 
     The query dataset is named by the gallery dataset's metadata (``query_dataset``). With ``use_gt_boxes`` the
-    gallery records also carry their ground-truth boxes as ``given_instances``.
+    gallery records also carry their ground-truth boxes as ``given_instances``. Batches of
+    ``cfg.TEST.PERSON_SEARCH.IMS_PER_BATCH`` images per device.
     """
     from person_search.data import PersonSearchDatasetMapper  # the data package imports this package's siblings
 
     query_dataset_name = MetadataCatalog.get(gallery_dataset_name).query_dataset
     gallery_mapper = PersonSearchDatasetMapper(cfg, is_train=False, gallery_gt_boxes=use_gt_boxes)
     query_mapper = PersonSearchDatasetMapper(cfg, is_train=False)
-    gallery_loader = build_detection_test_loader(cfg, gallery_dataset_name, mapper=gallery_mapper)
-    query_loader = build_detection_test_loader(cfg, query_dataset_name, mapper=query_mapper)
-    return gallery_loader, query_loader
+    loaders = []
+    for name, mapper in ((gallery_dataset_name, gallery_mapper), (query_dataset_name, query_mapper)):
+        dicts = get_detection_dataset_dicts([name], filter_empty=False)
+        loaders.append(
+            build_batched_test_loader(dicts, mapper, cfg.TEST.PERSON_SEARCH.IMS_PER_BATCH, cfg.DATALOADER.NUM_WORKERS)
+        )
+    return tuple(loaders)
+
+
+def build_batched_test_loader(dicts, mapper, batch_size, num_workers):
+    """A test loader over ``dicts`` mapped by ``mapper``, in batches of ``batch_size`` records (lists of dicts).
+
+    Like detectron2's ``build_detection_test_loader`` (whose 0.6 release has no batch size): records stay in
+    order, and under distributed inference each one is seen by exactly one rank (InferenceSampler).
+    """
+    if batch_size < 1:
+        raise ValueError(f"test batch size must be >= 1, got {batch_size}")
+    dataset = MapDataset(DatasetFromList(dicts, copy=False), mapper)
+    batch_sampler = torch.utils.data.BatchSampler(InferenceSampler(len(dataset)), batch_size, drop_last=False)
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=batch_sampler, num_workers=num_workers, collate_fn=trivial_batch_collator
+    )
 
 
 def inference_on_person_search(model, gallery_loader, query_loader, evaluator):

@@ -18,13 +18,11 @@ from collections import OrderedDict
 import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.build import trivial_batch_collator
-from detectron2.data.common import DatasetFromList, MapDataset
-from detectron2.data.samplers import InferenceSampler
 from detectron2.evaluation import DatasetEvaluator, inference_on_dataset
 from detectron2.utils import comm
 from detectron2.utils.logger import create_small_table
 
+from .inference import build_batched_test_loader
 from .search_metrics import ragged_arange
 
 __all__ = [
@@ -390,16 +388,8 @@ def build_reid_test_loader(cfg, gallery_dataset_name):
             "register it with person_search.data.register_reid_splits"
         )
     dicts = DatasetCatalog.get(query_dataset_name) + DatasetCatalog.get(gallery_dataset_name)
-    dataset = MapDataset(DatasetFromList(dicts, copy=False), ReIDCropMapper(cfg, is_train=False))
-    batch_sampler = torch.utils.data.BatchSampler(
-        InferenceSampler(len(dataset)), cfg.TEST.REID.IMS_PER_BATCH, drop_last=False
-    )
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_sampler=batch_sampler,
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
-        collate_fn=trivial_batch_collator,
-    )
+    mapper = ReIDCropMapper(cfg, is_train=False)
+    return build_batched_test_loader(dicts, mapper, cfg.TEST.REID.IMS_PER_BATCH, cfg.DATALOADER.NUM_WORKERS)
 
 
 def inference_on_reid(model, loader, evaluator):

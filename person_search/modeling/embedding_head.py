@@ -42,4 +42,5 @@ class IdentityEmbeddingHead(nn.Module):
                 momentum=self.norm.momentum,
                 eps=self.norm.eps,
             )
-        return F.normalize(x, dim=1)
+        # Normalised in fp32: under autocast x may be bf16/fp16, whose rounding would leave norms ~0.4% off 1.
+        return F.normalize(x.float(), dim=1)

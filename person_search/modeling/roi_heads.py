@@ -7,6 +7,7 @@ Inference: ``pred_embeddings`` (N, EMBED_DIM), L2-normalised, computed on the fi
 given boxes in ``forward_with_given_boxes`` (query persons).
 """
 import torch
+from torch import nn
 
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, cat
@@ -16,7 +17,13 @@ from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads, Stan
 from .embedding_head import IdentityEmbeddingHead
 from .identity_losses import build_identity_loss
 
-__all__ = ["ReIDRes5ROIHeads", "ReIDStandardROIHeads", "foreground_pids", "identity_branch_from_config"]
+__all__ = [
+    "FullPrecisionPooler",
+    "ReIDRes5ROIHeads",
+    "ReIDStandardROIHeads",
+    "foreground_pids",
+    "identity_branch_from_config",
+]
 
 
 def foreground_pids(proposals, num_classes):
@@ -30,6 +37,24 @@ def foreground_pids(proposals, num_classes):
         pids.append(image_pids)
         foreground.append(is_fg)
     return cat(pids), cat(foreground)
+
+
+class FullPrecisionPooler(nn.Module):
+    """A detectron2 ROIPooler run on float32 copies of the features.
+
+    detectron2's ROIAlign casts the boxes to the features' dtype. Under bf16/fp16 autocast that rounds box
+    coordinates to 8 significant bits (steps of 4 px near x = 600, 8 px near 1500): pooled features no longer
+    match their boxes, and boxes narrower than a step collapse to zero width and pool zeros. torchvision's
+    roi_align computes in float32 under autocast anyway, so the copy only adds a cast. Holds no parameters:
+    checkpoints are unchanged.
+    """
+
+    def __init__(self, pooler):
+        super().__init__()
+        self.pooler = pooler
+
+    def forward(self, features, box_lists):
+        return self.pooler([x.float() for x in features], box_lists)
 
 
 class _IdentityBranch:
@@ -48,7 +73,7 @@ class _IdentityBranch:
         """Set ``pred_embeddings`` of every instance from its ``pred_boxes``."""
         boxes = [x.pred_boxes for x in instances]
         if sum(len(b) for b in boxes) == 0:
-            embeddings = next(iter(features.values())).new_zeros(0, self.embedding_head.embed_dim)
+            embeddings = next(iter(features.values())).new_zeros(0, self.embedding_head.embed_dim, dtype=torch.float32)
         else:
             embeddings = self._embed(features, boxes)
         for inst, emb in zip(instances, embeddings.split([len(b) for b in boxes])):
@@ -86,6 +111,7 @@ class ReIDRes5ROIHeads(_IdentityBranch, Res5ROIHeads):
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
+        ret["pooler"] = FullPrecisionPooler(ret["pooler"])
         res5_out_channels = cfg.MODEL.RESNETS.RES2_OUT_CHANNELS * 8  # Res5ROIHeads' res5 widens res4 by 2
         ret.update(identity_branch_from_config(cfg, res5_out_channels))
         return ret
@@ -144,6 +170,7 @@ class ReIDStandardROIHeads(_IdentityBranch, StandardROIHeads):
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
+        ret["box_pooler"] = FullPrecisionPooler(ret["box_pooler"])
         ret.update(cls._init_reid_head(cfg, input_shape, ret["box_head"]))
         return ret
 
@@ -152,11 +179,13 @@ class ReIDStandardROIHeads(_IdentityBranch, StandardROIHeads):
         in_features = cfg.MODEL.ROI_HEADS.IN_FEATURES
         resolution = cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION
         in_channels = input_shape[in_features[0]].channels
-        reid_pooler = ROIPooler(
-            output_size=resolution,
-            scales=tuple(1.0 / input_shape[k].stride for k in in_features),
-            sampling_ratio=cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,
-            pooler_type=cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE,
+        reid_pooler = FullPrecisionPooler(
+            ROIPooler(
+                output_size=resolution,
+                scales=tuple(1.0 / input_shape[k].stride for k in in_features),
+                sampling_ratio=cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,
+                pooler_type=cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE,
+            )
         )
         pooled_shape = ShapeSpec(channels=in_channels, height=resolution, width=resolution)
         reid_head = None

@@ -29,6 +29,8 @@ from detectron2.modeling import build_model
 from detectron2.utils.file_io import PathManager
 from tqdm import tqdm
 
+from person_search.precision import inference_autocast
+
 from .sources import SearchError, open_gallery_source
 
 __all__ = [
@@ -142,12 +144,13 @@ def build_search_model(cfg, weights, *, allow_random_weights=False, seed=0):
 
 
 class _Detector:
-    """Batched detection + embedding with the test-time resize of the config."""
+    """Batched detection + embedding with the test-time resize and inference precision of the config."""
 
     def __init__(self, model, cfg, score_thresh):
         self.model = model
         self.augmentations = T.AugmentationList(utils.build_augmentation(cfg, is_train=False))
         self.score_thresh = score_thresh
+        self.cfg = cfg
 
     @torch.no_grad()
     def __call__(self, images):
@@ -158,8 +161,10 @@ class _Detector:
             self.augmentations(aug_input)
             tensor = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
             inputs.append({"image": tensor, "height": image.shape[0], "width": image.shape[1]})
+        with inference_autocast(self.cfg):
+            outputs = self.model(inputs)
         results = []
-        for output in self.model(inputs):
+        for output in outputs:
             instances = output["instances"].to("cpu")
             keep = instances.scores >= self.score_thresh
             results.append(

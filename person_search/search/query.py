@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from detectron2.data import detection_utils as utils
 
+from person_search.precision import inference_autocast
+
 from .index import GalleryIndex, build_search_model, load_search_config, model_identity
 from .sources import SearchError, read_video_frames
 
@@ -71,7 +73,8 @@ def embed_query(model, cfg, image_path, box):
     record = {"file_name": image_path, "image_id": os.path.basename(image_path), "height": height, "width": width}
     inputs = PersonSearchDatasetMapper(cfg, is_train=False)(dict(record, query_box=box))
     given = inputs["given_instances"].to(model.device)
-    (output,) = model.inference([inputs], detected_instances=[given])
+    with inference_autocast(cfg):
+        (output,) = model.inference([inputs], detected_instances=[given])
     return output["instances"].pred_embeddings[0].float().cpu().numpy()
 
 
