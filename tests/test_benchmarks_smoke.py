@@ -47,14 +47,18 @@ def test_model_speed_tiny():
     assert det_check["fp32_detections"] > 0
 
 
-def test_model_speed_fpn():
-    # the FPN variant maps to StandardROIHeads; one inference measurement is enough
+def test_model_speed_fpn_channels_last():
+    # the FPN variant maps to StandardROIHeads; one inference measurement and the check are enough
     fpn = os.path.join(REPO_ROOT, "configs", "quick_schedules", "oim_tiny_FPN_cpu_instant_test.yaml")
     records = run_script("model_speed.py", "--device", "cpu", "--config", fpn, "--height", "64", "--width", "96",
                          "--batch", "1", "--iters", "1", "--warmup", "0", "--threads", "1", "--precisions", "fp32",
-                         "--benchmarks", "inference")
-    assert [r["name"] for r in records] == ["inference.throughput", "inference.peak_memory"]
+                         "--benchmarks", "inference", "--channels-last", "--check")
+    assert [r["name"] for r in records] == ["inference.throughput", "inference.peak_memory",
+                                            "check.detection_embeddings.max_abs_diff",
+                                            "check.query_embeddings.max_abs_diff"]
     assert records[0]["roi_heads"] == "ReIDStandardROIHeads" and records[0]["bare_roi_heads"] == "StandardROIHeads"
+    assert all(r["channels_last"] for r in records)
+    assert records[3]["precision"] == "bf16 channels-last vs fp32" and records[3]["within_tolerance"]
 
 
 def test_index_speed_tiny():
