@@ -81,6 +81,12 @@ def test_index_round_trip(built, gallery):
     )
 
 
+def test_score_threshold_below_the_models_is_refused(gallery, tmp_path):
+    with pytest.raises(SearchError, match="below MODEL.ROI_HEADS.SCORE_THRESH_TEST"):
+        build_index(tiny_cfg(), "", gallery, str(tmp_path), **dict(BUILD_ARGS, score_thresh=0.2))
+    assert not os.listdir(tmp_path)  # refused before anything was written
+
+
 def test_bf16_index_has_fp32_unit_embeddings(built, gallery, tmp_path):
     bf16 = build_index(tiny_cfg(*FAST_OPTS, "TEST.AMP_DTYPE", "bf16"), "", gallery, str(tmp_path), **BUILD_ARGS)
     assert bf16.embeddings.dtype == np.float32 and bf16.boxes.dtype == np.float32

@@ -112,7 +112,8 @@ def test_bf16_inference_evaluates_like_fp32(synthetic_cuhk_sysu, tmp_path):
     _, prefix = synthetic_cuhk_sysu
     results = {}
     for amp in ("", "bf16"):
-        cfg = trainer_cfg(prefix, tmp_path / (amp or "fp32"), "TEST.AMP_DTYPE", amp, "TEST.PERSON_SEARCH.IMS_PER_BATCH", 2)
+        opts = ("TEST.AMP_DTYPE", amp, "TEST.PERSON_SEARCH.IMS_PER_BATCH", 2)
+        cfg = trainer_cfg(prefix, tmp_path / (amp or "fp32"), *opts)
         torch.manual_seed(0)
         model = PersonSearchTrainer.build_model(cfg)
         results[amp] = PersonSearchTrainer.test(cfg, model)[f"{prefix}_gallery"]
@@ -120,6 +121,17 @@ def test_bf16_inference_evaluates_like_fp32(synthetic_cuhk_sysu, tmp_path):
     for task in ("search", "detection"):
         for key, value in results[""][task].items():
             assert results["bf16"][task][key] == pytest.approx(value, abs=5.0), (task, key)
+
+
+def test_protocol_threshold_below_the_models_is_refused(synthetic_cuhk_sysu, tmp_path):
+    _, prefix = synthetic_cuhk_sysu
+    cfg = trainer_cfg(prefix, tmp_path, "TEST.PERSON_SEARCH.DET_THRESH", 0.3)
+    with pytest.raises(ValueError, match="DET_THRESH = 0.3 is below MODEL.ROI_HEADS.SCORE_THRESH_TEST"):
+        PersonSearchTrainer.build_evaluator(cfg, f"{prefix}_gallery")
+    lowered = trainer_cfg(
+        prefix, tmp_path, "TEST.PERSON_SEARCH.DET_THRESH", 0.3, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.3
+    )
+    assert PersonSearchTrainer.build_evaluator(lowered, f"{prefix}_gallery") is not None
 
 
 def test_too_small_lookup_table_is_reported_before_training(synthetic_cuhk_sysu, tmp_path):

@@ -118,13 +118,14 @@ class PersonSearchTrainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None, use_gt_boxes=False):
         """The evaluator named by the dataset's ``evaluator_type`` metadata."""
-        from person_search.evaluation import PersonSearchEvaluator
+        from person_search.evaluation import PersonSearchEvaluator, check_score_threshold
 
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         meta = MetadataCatalog.get(dataset_name)
         evaluator_type = getattr(meta, "evaluator_type", None)
         if evaluator_type == "person_search":
+            check_score_threshold(cfg, cfg.TEST.PERSON_SEARCH.DET_THRESH, "TEST.PERSON_SEARCH.DET_THRESH")
             return PersonSearchEvaluator(
                 dataset_name,
                 gallery_size=cfg.TEST.PERSON_SEARCH.GALLERY_SIZE,
@@ -146,8 +147,9 @@ class PersonSearchTrainer(DefaultTrainer):
     def test(cls, cfg, model, evaluators=None):
         """Evaluate on every ``cfg.DATASETS.TEST`` gallery set; also with ground-truth gallery boxes if asked.
 
-        The forward passes run under ``cfg.TEST.AMP_DTYPE`` autocast. Returns an OrderedDict ``{dataset_name: results}`` (``{dataset_name + "/gt_boxes": ...}`` for the
-        ground-truth-box variant), as DefaultTrainer.test does.
+        The forward passes run under ``cfg.TEST.AMP_DTYPE`` autocast. Returns an OrderedDict
+        ``{dataset_name: results}`` (``{dataset_name + "/gt_boxes": ...}`` for the ground-truth-box variant), as
+        DefaultTrainer.test does.
         """
         if evaluators is not None and len(evaluators) != len(cfg.DATASETS.TEST):
             raise ValueError(f"{len(evaluators)} evaluators given for {len(cfg.DATASETS.TEST)} test datasets")

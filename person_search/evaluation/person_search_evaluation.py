@@ -29,7 +29,7 @@ from .search_metrics import (
     ragged_arange,
 )
 
-__all__ = ["PersonSearchEvaluator"]
+__all__ = ["PersonSearchEvaluator", "check_score_threshold"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,19 @@ _PROTOCOLS = ("cuhk_sysu", "prw")
 _QUERY_SUBSETS = (("occlusion", "search_occlusion"), ("resolution", "search_resolution"))
 _TOP_K = (1, 5, 10)
 
+
+
+def check_score_threshold(cfg, threshold, name):
+    """Refuse a detection-score ``threshold`` (the key ``name``) below ``MODEL.ROI_HEADS.SCORE_THRESH_TEST``.
+
+    The model never outputs detections below its own threshold, so a lower one would silently act as the model's.
+    """
+    model_thresh = cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST
+    if threshold < model_thresh:
+        raise ValueError(
+            f"{name} = {threshold} is below MODEL.ROI_HEADS.SCORE_THRESH_TEST = {model_thresh}: the model drops "
+            f"detections scoring under {model_thresh}; lower MODEL.ROI_HEADS.SCORE_THRESH_TEST to {threshold} too"
+        )
 
 class PersonSearchEvaluator(DatasetEvaluator):
     """Detection AP / recall on the gallery images and person-search mAP / top-k of the queries.

@@ -29,6 +29,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.file_io import PathManager
 from tqdm import tqdm
 
+from person_search.evaluation import check_score_threshold
 from person_search.precision import inference_autocast
 
 from .sources import SearchError, open_gallery_source
@@ -297,6 +298,10 @@ def build_index(
     if batch_size < 1 or shard_size < 1:
         raise SearchError(f"batch size and shard size must be >= 1, got {batch_size} and {shard_size}")
     score_thresh = cfg.TEST.PERSON_SEARCH.DET_THRESH if score_thresh is None else float(score_thresh)
+    try:
+        check_score_threshold(cfg, score_thresh, "the index's score threshold")
+    except ValueError as e:
+        raise SearchError(str(e)) from e
     source = open_gallery_source(gallery, video_every=video_every, image_format=cfg.INPUT.FORMAT)
     model, identity = build_search_model(cfg, weights, allow_random_weights=allow_random_weights, seed=seed)
     build_key = hashlib.sha256(
