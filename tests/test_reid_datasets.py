@@ -13,7 +13,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import SizeMismatchError
 
 from conftest import tiny_cfg
-from person_search.data import load_cuhk03, load_dukemtmc, load_market1501
+from person_search.data import load_cuhk03, load_cuhk03_classic, load_dukemtmc, load_market1501
 from person_search.data.reid_datasets import extract_cuhk03_images, register_reid_splits
 from person_search.data.reid_mapper import ReIDCropMapper
 from person_search.data.synthetic import generate_market1501
@@ -197,6 +197,74 @@ def test_extract_cuhk03_images(tmp_path):
         extract_cuhk03_images(str(root), subsets=("detected",))
 
 
+def _write_classic_testsets(root, testsets):
+    """cuhk-03.mat (MATLAB v7.3) holding only ``testsets``: cells of N x 2 [camera pair, pid] doubles."""
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(os.path.join(root, "cuhk-03.mat"), "w") as f:
+        refs = f.create_group("#refs#")
+        cells = [refs.create_dataset(f"t{k}", data=np.array(rows, dtype=np.float64).T).ref  # stored transposed
+                 for k, rows in enumerate(testsets)]
+        f.create_dataset("testsets", data=np.array([cells], dtype=h5py.ref_dtype))
+
+
+def test_cuhk03_classic_splits(tmp_path):
+    root = _cuhk03_root(tmp_path)  # crops of (pair 1, pid 11), (2, 30), (1, 5)
+    _write_classic_testsets(root, [[(1, 5)], [(1, 11), (2, 30)]])
+    train = load_cuhk03_classic(root, "train")  # split 0: test identity (1, 5); the others train
+    assert [(d["image_id"], d["person_id"], d["camera_id"]) for d in train] == [
+        ("1_011_1_01.png", 0, 0), ("1_011_1_02.png", 0, 0), ("1_011_2_06.png", 0, 1),
+        ("2_030_1_02.png", 1, 0), ("2_030_2_07.png", 1, 1),
+    ]
+    query, gallery = load_cuhk03_classic(root, "query"), load_cuhk03_classic(root, "gallery")
+    assert [(d["image_id"], d["person_id"], d["camera_id"]) for d in query] == [
+        ("1_005_1_01.png", 1005, 0), ("1_005_2_06.png", 1005, 1), ("1_005_2_07.png", 1005, 1),
+    ]
+    assert [d["image_id"] for d in gallery] == [d["image_id"] for d in query]
+    assert {d["reid_split"] for d in gallery} == {"gallery"}
+    second = load_cuhk03_classic(root, "gallery", split_index=1)
+    assert sorted({d["person_id"] for d in second}) == [1011, 2030]
+    assert sorted({d["person_id"] for d in load_cuhk03_classic(root, "train", split_index=1)}) == [0]
+
+    with pytest.raises(ValueError, match="split_index 2 out of range, cuhk-03.mat holds 2 test sets"):
+        load_cuhk03_classic(root, "train", split_index=2)
+    with pytest.raises(ValueError, match="unknown subset"):
+        load_cuhk03_classic(root, "train", subset="both")
+
+
+def test_cuhk03_classic_errors(tmp_path, caplog):
+    root = _cuhk03_root(tmp_path)
+    with pytest.raises(FileNotFoundError, match="cuhk-03.mat"):
+        load_cuhk03_classic(root, "train")
+    _write_classic_testsets(root, [[(1, 5, 0)]])
+    with pytest.raises(ValueError, match=r"testsets\{1\} has MATLAB shape \(1, 3\), expected N x 2"):
+        load_cuhk03_classic(root, "train")
+
+    other = _cuhk03_root(tmp_path / "other")
+    _write_classic_testsets(other, [[(1, 5), (3, 1)]])  # (3, 1) has no crops
+    with caplog.at_level("WARNING"):
+        assert len(load_cuhk03_classic(other, "query")) == 3
+    assert "1 of its 2 test identities have no crops" in caplog.text
+
+
+def test_cuhk03_classic_evaluation_uses_the_single_gallery_shot_cmc(tmp_path):
+    from person_search.engine import PersonSearchTrainer
+
+    root = _cuhk03_root(tmp_path)
+    _write_classic_testsets(root, [[(1, 11), (2, 30)]])
+    prefix = f"test_cuhk03_classic_{uuid.uuid4().hex[:8]}"
+    register_reid_splits(prefix, root, load_cuhk03_classic, cuhk03_single_gallery_shot=True)
+    evaluator = PersonSearchTrainer.build_evaluator(tiny_cfg(), f"{prefix}_gallery")
+    assert evaluator._single_gallery_shot
+    evaluator.reset()
+    for split in ("query", "gallery"):  # the same crops in both sets
+        records = DatasetCatalog.get(f"{prefix}_{split}")
+        outputs = [{"embedding": torch.tensor([1.0, 0.0] if d["person_id"] == 1011 else [0.0, 1.0])}
+                   for d in records]
+        evaluator.process(records, outputs)
+    results = evaluator.evaluate()["reid"]
+    assert results["rank1"] == pytest.approx(100.0) and results["mAP"] == pytest.approx(100.0)
+
+
 # -------------------------------------------------------------------------------------------- registration
 
 
@@ -208,6 +276,11 @@ def test_builtin_registration_metadata():
         assert MetadataCatalog.get(f"{prefix}_gallery").query_dataset == f"{prefix}_query"
         assert MetadataCatalog.get(f"{prefix}_query").gallery_dataset == f"{prefix}_gallery"
     assert MetadataCatalog.get("market1501_train").dataset_root.endswith("Market-1501-v15.09.15")
+    assert not MetadataCatalog.get("cuhk03_gallery").cuhk03_single_gallery_shot
+    for prefix in ("cuhk03_classic", "cuhk03_classic_detected"):
+        for k in (0, 19):
+            assert MetadataCatalog.get(f"{prefix}_split{k}_gallery").cuhk03_single_gallery_shot
+            assert MetadataCatalog.get(f"{prefix}_split{k}_gallery").query_dataset == f"{prefix}_split{k}_query"
 
 
 def test_register_reid_splits_sets_num_classes(market_root):

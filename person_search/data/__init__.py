@@ -8,7 +8,13 @@ from .cuhk_sysu import cuhk_sysu_num_labeled, cuhk_sysu_search_protocol, load_cu
 from .mapper import PersonSearchDatasetMapper
 from .prw import load_prw, prw_num_labeled
 from .reid_datasets import (
-    extract_cuhk03_images, load_cuhk03, load_dukemtmc, load_market1501, register_reid_datasets, register_reid_splits
+    extract_cuhk03_images,
+    load_cuhk03,
+    load_cuhk03_classic,
+    load_dukemtmc,
+    load_market1501,
+    register_reid_datasets,
+    register_reid_splits,
 )
 from .reid_mapper import ReIDCropMapper
 
@@ -17,6 +23,7 @@ __all__ = [
     "ReIDCropMapper",
     "extract_cuhk03_images",
     "load_cuhk03",
+    "load_cuhk03_classic",
     "load_dukemtmc",
     "load_market1501",
     "register_reid_datasets",

@@ -1,4 +1,4 @@
-"""Crop re-identification datasets: Market-1501, DukeMTMC-reID and CUHK03 (new protocol), and their registration.
+"""Crop re-identification datasets: Market-1501, DukeMTMC-reID, CUHK03 (new and classic protocols), registration.
 
 Every record is one pedestrian crop::
 
@@ -26,6 +26,7 @@ __all__ = [
     "load_market1501",
     "load_dukemtmc",
     "load_cuhk03",
+    "load_cuhk03_classic",
     "extract_cuhk03_images",
     "register_reid_splits",
     "register_reid_datasets",
@@ -48,6 +49,10 @@ _MARKET_STYLE_NAME = re.compile(r"^([-\d]+)_c(\d)")
 _CUHK03_NAME = re.compile(r"^(\d+)_(\d+)_([12])_(\d+)\.png$")
 CUHK03_SUBSETS = ("labeled", "detected")
 _CUHK03_SPLIT_FIELDS = {"train": "train_idx", "query": "query_idx", "gallery": "gallery_idx"}
+# The classic protocol's 20 random test sets ("testsets" in cuhk-03.mat) of 100 identities each.
+CUHK03_CLASSIC_SPLITS = 20
+# Classic-protocol person ids: camera pair * 1000 + pid within the pair (pairs hold at most 843 identities).
+_CUHK03_PAIR_STRIDE = 1000
 
 
 def _check_split(split, dataset):
@@ -204,6 +209,86 @@ def load_cuhk03(root, split, *, subset="labeled"):
     return _copy(_load_cuhk03(os.path.abspath(root), split, subset))
 
 
+def _import_h5py(purpose):
+    try:
+        import h5py
+    except ImportError as e:
+        raise ImportError(f"{purpose} reads the MATLAB v7.3 cuhk-03.mat with h5py: pip install h5py") from e
+    return h5py
+
+
+@functools.lru_cache(maxsize=None)
+def _cuhk03_classic_testsets(root):
+    """The classic test sets of ``<root>/cuhk-03.mat``: a tuple of frozensets of (camera pair, pid), 1-based."""
+    h5py = _import_h5py("the CUHK03 classic protocol")
+    path = require_path(os.path.join(root, "cuhk-03.mat"), "CUHK03 release file")
+    with h5py.File(path, "r") as mat:
+        if "testsets" not in mat:
+            raise ValueError(f"{path}: expected the dataset 'testsets', found {sorted(mat.keys())}")
+        testsets = []
+        for k, ref in enumerate(np.asarray(mat["testsets"]).reshape(-1), start=1):
+            table = np.asarray(mat[ref])  # MATLAB N x 2 [camera pair, pid], stored transposed: (2, N)
+            if table.ndim != 2 or table.shape[0] != 2:
+                raise ValueError(
+                    f"{path}: testsets{{{k}}} has MATLAB shape {table.shape[::-1]}, expected N x 2 [camera pair, pid]"
+                )
+            testsets.append(frozenset((int(pair), int(pid)) for pair, pid in table.T))
+    return tuple(testsets)
+
+
+@functools.lru_cache(maxsize=None)
+def _load_cuhk03_classic(root, split, subset, split_index):
+    testsets = _cuhk03_classic_testsets(root)
+    if not 0 <= split_index < len(testsets):
+        raise ValueError(
+            f"CUHK03 classic: split_index {split_index} out of range, cuhk-03.mat holds {len(testsets)} test sets"
+        )
+    test_ids = testsets[split_index]
+    image_dir = _cuhk03_image_dir(root, subset)
+    records, found = [], set()
+    for name in sorted(n for n in os.listdir(image_dir) if n.endswith(".png")):
+        match = _CUHK03_NAME.match(name)
+        if match is None:
+            raise ValueError(
+                f"{os.path.join(image_dir, name)}: expected a CUHK03 crop name '<pair>_<pid>_<view>_<image>.png'"
+            )
+        pair, pid, view = int(match.group(1)), int(match.group(2)), int(match.group(3))
+        if ((pair, pid) in test_ids) == (split == "train"):
+            continue
+        found.add((pair, pid))
+        file_name = os.path.join(image_dir, name)
+        height, width = image_size(file_name)
+        records.append(
+            {"file_name": file_name, "image_id": name, "height": height, "width": width,
+             "person_id": pair * _CUHK03_PAIR_STRIDE + pid, "camera_id": view - 1, "reid_split": split}
+        )
+    if split != "train" and found != test_ids:
+        logger.warning(
+            f"CUHK03 classic split {split_index}: {len(test_ids - found)} of its {len(test_ids)} test identities "
+            f"have no crops in {image_dir}"
+        )
+    if not records:
+        raise ValueError(f"{image_dir}: no CUHK03 {split} crops for classic split {split_index}")
+    return tuple(_relabel(records) if split == "train" else records)
+
+
+def load_cuhk03_classic(root, split, *, subset="labeled", split_index=0):
+    """CUHK03 classic-protocol records from the ``cuhk03_release`` folder.
+
+    Test identities: test set ``split_index`` (0-based; cell ``split_index + 1`` of ``testsets`` in
+    ``cuhk-03.mat``, 100 (camera pair, pid) rows each, read with h5py); train: every other identity (1,367,
+    relabelled 0..N-1). Query and gallery are the same crops, all crops of the test identities: the CUHK03 metric
+    removes each query's same-identity same-camera crops (itself included) and scores the CMC with one random
+    gallery crop per identity (``ReIDEvaluator(cuhk03_single_gallery_shot=True)``, which the registered
+    ``cuhk03_classic*`` galleries request). Crops come from ``images_<subset>/`` (``extract_cuhk03_images``);
+    ``person_id`` = camera pair * 1000 + pid, ``camera_id`` = view - 1.
+    """
+    _check_split(split, "CUHK03 classic")
+    if subset not in CUHK03_SUBSETS:
+        raise ValueError(f"CUHK03: unknown subset {subset!r}, expected one of {CUHK03_SUBSETS}")
+    return _copy(_load_cuhk03_classic(os.path.abspath(root), split, subset, split_index))
+
+
 def extract_cuhk03_images(root, subsets=CUHK03_SUBSETS):
     """Write the crops of ``<root>/cuhk-03.mat`` (MATLAB v7.3) to ``<root>/images_<subset>/`` as PNG files.
 
@@ -213,10 +298,7 @@ def extract_cuhk03_images(root, subsets=CUHK03_SUBSETS):
     Returns:
         dict: subset -> number of images written.
     """
-    try:
-        import h5py
-    except ImportError as e:
-        raise ImportError("extract_cuhk03_images reads the MATLAB v7.3 cuhk-03.mat with h5py: pip install h5py") from e
+    h5py = _import_h5py("extract_cuhk03_images")
     import cv2
 
     path = require_path(os.path.join(root, "cuhk-03.mat"), "CUHK03 release file")
@@ -251,11 +333,12 @@ def _load_train(name, load_split):
     return records
 
 
-def register_reid_splits(prefix, dataset_root, loader, **loader_kwargs):
+def register_reid_splits(prefix, dataset_root, loader, *, cuhk03_single_gallery_shot=False, **loader_kwargs):
     """Register ``<prefix>_{train,query,gallery}`` loaded by ``loader(dataset_root, split, **loader_kwargs)``.
 
     Metadata: ``evaluator_type = "reid"``, ``dataset_root``; the query and gallery sets name each other
-    (``gallery_dataset`` / ``query_dataset``); the train set gets ``num_classes`` when first loaded.
+    (``gallery_dataset`` / ``query_dataset``); the train set gets ``num_classes`` when first loaded; the gallery
+    set's ``cuhk03_single_gallery_shot`` asks the evaluator for the classic CUHK03 CMC.
     """
     def load_split(split):
         return loader(dataset_root, split, **loader_kwargs)
@@ -267,11 +350,14 @@ def register_reid_splits(prefix, dataset_root, loader, **loader_kwargs):
     for name in names.values():
         MetadataCatalog.get(name).set(evaluator_type=EVALUATOR_TYPE, dataset_root=dataset_root)
     MetadataCatalog.get(names["query"]).set(gallery_dataset=names["gallery"])
-    MetadataCatalog.get(names["gallery"]).set(query_dataset=names["query"])
+    MetadataCatalog.get(names["gallery"]).set(
+        query_dataset=names["query"], cuhk03_single_gallery_shot=cuhk03_single_gallery_shot
+    )
 
 
 def register_reid_datasets(root=None):
-    """Register market1501_*, dukemtmc_*, cuhk03_* (labeled) and cuhk03_detected_* under ``root``.
+    """Register market1501_*, dukemtmc_*, cuhk03_* (labeled), cuhk03_detected_* and the classic protocol's
+    cuhk03_classic_split{0..19}_* (labeled) and cuhk03_classic_detected_split{0..19}_* under ``root``.
 
     ``root`` defaults to ``$DETECTRON2_DATASETS`` or ``datasets``. Nothing is read from disk here.
     """
@@ -282,3 +368,9 @@ def register_reid_datasets(root=None):
     cuhk03_root = os.path.join(root, "cuhk03_release")
     register_reid_splits("cuhk03", cuhk03_root, load_cuhk03, subset="labeled")
     register_reid_splits("cuhk03_detected", cuhk03_root, load_cuhk03, subset="detected")
+    for k in range(CUHK03_CLASSIC_SPLITS):
+        for prefix, subset in (("cuhk03_classic", "labeled"), ("cuhk03_classic_detected", "detected")):
+            register_reid_splits(
+                f"{prefix}_split{k}", cuhk03_root, load_cuhk03_classic,
+                cuhk03_single_gallery_shot=True, subset=subset, split_index=k,
+            )

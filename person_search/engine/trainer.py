@@ -137,7 +137,11 @@ class PersonSearchTrainer(DefaultTrainer):
         if evaluator_type == "reid":
             from person_search.evaluation.reid_evaluation import ReIDEvaluator
 
-            return ReIDEvaluator(meta.query_dataset, dataset_name)
+            return ReIDEvaluator(
+                meta.query_dataset,
+                dataset_name,
+                cuhk03_single_gallery_shot=getattr(meta, "cuhk03_single_gallery_shot", False),
+            )
         raise NotImplementedError(
             f"dataset '{dataset_name}' has evaluator_type {evaluator_type!r}; PersonSearchTrainer evaluates "
             "'person_search' gallery sets and 'reid' gallery sets (put the gallery split in DATASETS.TEST)"
