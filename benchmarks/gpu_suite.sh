@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements of benchmarks/README.md in one command, for one `device` tool call (about 6 minutes on an
-# H100). Most important first; each result file is complete when its run ends, so a cut-off call keeps them.
+# H100, plus the torch.compile run at the end). Most important first; each result file is complete when its run ends, so a cut-off call keeps them.
 #
 # Here, once: bash ../shared/tools/device-wheels.sh faiss-cpu      (builds .whl/ for the GPU machine's Python)
 # Device call, with carry [".whl"]:  OUT_DIR=$OUT bash benchmarks/gpu_suite.sh
@@ -30,3 +30,6 @@ speed c4_600x1000 --check --benchmarks inference,query            # the default 
 speed fpn_900x1500 --config configs/CUHK-SYSU/oim_R_50_FPN_cuhk_sysu.yaml --height 900 --width 1500
 echo "== index" >&2
 python3 benchmarks/index_speed.py --sizes 10000,100000,1000000 > "$out/index.jsonl"
+# last: compiling two R50 backbones takes minutes
+speed c4_900x1500_compiled --config "$c4_900" --check --channels-last --compile --precisions bf16 \
+  --benchmarks inference,query

@@ -82,7 +82,9 @@ def build_cfgs(args):
     bare = cfg.clone()
     name = cfg.MODEL.ROI_HEADS.NAME
     if name not in BARE_ROI_HEADS:
-        raise SystemExit(f"model_speed: no bare detector known for ROI heads {name!r} (known: {sorted(BARE_ROI_HEADS)})")
+        raise SystemExit(
+            f"model_speed: no bare detector known for ROI heads {name!r} (known: {sorted(BARE_ROI_HEADS)})"
+        )
     bare.MODEL.ROI_HEADS.NAME = BARE_ROI_HEADS[name]
     cfg.freeze()
     bare.freeze()
@@ -232,7 +234,7 @@ def zero_output_layers(model):
 class Models:
     """The two models; on a GPU only the one being measured stays on the device."""
 
-    def __init__(self, cfg, bare_cfg, device, seed, zero_outputs=True, channels_last=False):
+    def __init__(self, cfg, bare_cfg, device, seed, zero_outputs=True, channels_last=False, compile_backbone=False):
         self.device = device
         self.models = {}
         for name, c in (("bare", bare_cfg), ("ours", cfg)):
@@ -243,6 +245,9 @@ class Models:
             if channels_last:
                 # conv weights in NHWC: cuDNN then runs the convolutions (and their outputs) channels-last
                 model.to(memory_format=torch.channels_last)
+            if compile_backbone:
+                # dynamic shapes: images of a batch are padded to varying sizes; compiled on the first (warmup) call
+                model.backbone = torch.compile(model.backbone, dynamic=True)
             self.models[name] = model.to("cpu" if device.type == "cuda" else device)
 
     def get(self, name):
@@ -305,6 +310,7 @@ class Emitter:
             "test_proposals": cfg.MODEL.RPN.POST_NMS_TOPK_TEST,
             "train_rois_per_image": cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE,
             "channels_last": args.channels_last,
+            "compiled_backbone": args.compile,
         }
         self.machine = machine_info(device)
 
@@ -389,11 +395,15 @@ def bench_query(args, models, meter, emit, device, gen):
 
 
 def reference_and_candidate(model, run, device, channels_last):
-    """``run()`` in eager fp32 with contiguous (NCHW) weights, then under bf16 autocast (channels-last weights
-    when ``channels_last``): the benchmarked fast path against the plain one."""
+    """``run()`` in eager fp32 with contiguous (NCHW) weights and an uncompiled backbone, then under bf16 autocast
+    as benchmarked (channels-last weights with ``--channels-last``, compiled backbone with ``--compile``): the fast
+    path against the plain one."""
+    backbone = model.backbone
     with torch.no_grad():
+        model.backbone = getattr(backbone, "_orig_mod", backbone)  # torch.compile's wrapper keeps the eager module
         model.to(memory_format=torch.contiguous_format)
         ref = run()
+        model.backbone = backbone
         if channels_last:
             model.to(memory_format=torch.channels_last)
         with autocast(device, "bf16"):
@@ -426,7 +436,7 @@ def bench_check(args, models, emit, device, gen):
             cosines.append((e_ref * e_low).sum(dim=1).min())
             box_diffs.append((r.pred_boxes.tensor[keep] - lo.pred_boxes.tensor[best[keep]]).abs().max())
     emb_max = float(torch.stack(emb_diffs).max()) if emb_diffs else None
-    candidate = "bf16 channels-last" if args.channels_last else "bf16"
+    candidate = " ".join(["bf16"] + ["channels-last"] * args.channels_last + ["compiled"] * args.compile)
     common = dict(precision=f"{candidate} vs fp32", batch=args.batch, score_thresh=args.score_thresh,
                   match_iou=args.match_iou, tolerance=args.tolerance)
     emit("check.detection_embeddings.max_abs_diff", emb_max, "abs", None,
@@ -439,7 +449,8 @@ def bench_check(args, models, emit, device, gen):
 
     def embed_queries():
         given = given_instances(boxes, args.height, args.width)
-        return torch.cat([o["instances"].pred_embeddings.cpu() for o in model.inference(queries, detected_instances=given)])
+        outputs = model.inference(queries, detected_instances=given)
+        return torch.cat([o["instances"].pred_embeddings.cpu() for o in outputs])
 
     ref, low = reference_and_candidate(model, embed_queries, device, args.channels_last)
     query_max = float((ref - low).abs().max())
@@ -468,8 +479,11 @@ def parse_args(argv=None):
                              "zero_output_layers; random ones give almost no proposals and detections with R50)")
     parser.add_argument("--channels-last", action="store_true",
                         help="both models' conv weights in channels-last (NHWC) memory format")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile both models' backbones (compiled in the warmup steps: --warmup >= 1)")
     parser.add_argument("--check", action="store_true",
-                        help="compare bf16-autocast inference (channels-last with --channels-last) to eager fp32")
+                        help="compare bf16-autocast inference as benchmarked (--channels-last, --compile) to eager "
+                             "fp32")
     parser.add_argument("--tolerance", type=float, default=0.05,
                         help="--check: max abs difference of unit-norm embeddings counted as agreement")
     parser.add_argument("--match-iou", type=float, default=0.9, help="--check: IoU matching bf16 to fp32 boxes")
@@ -484,6 +498,8 @@ def parse_args(argv=None):
         parser.error(f"unknown precision/benchmark {bad}")
     if args.iters < 1 or args.warmup < 0 or args.batch < 1:
         parser.error("--iters and --batch must be >= 1, --warmup >= 0")
+    if args.compile and args.warmup < 1:
+        parser.error("--compile needs --warmup >= 1 (the first call compiles)")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device available")
     args.config = os.path.abspath(args.config)
@@ -501,7 +517,7 @@ def main(argv=None):
     meter = Meter(device)
     emit = Emitter(args, cfg, device)
     models = Models(cfg, bare_cfg, device, args.seed, zero_outputs=not args.random_output_layers,
-                    channels_last=args.channels_last)
+                    channels_last=args.channels_last, compile_backbone=args.compile)
     gen = torch.Generator().manual_seed(args.seed)
     if "train" in args.benchmarks:
         bench_train(args, models, meter, emit, cfg, device, gen)
