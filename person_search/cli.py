@@ -4,6 +4,8 @@ import json
 import os
 import sys
 
+from .precision import PRECISION_FLAGS
+
 __all__ = ["main", "build_parser"]
 
 
@@ -46,6 +48,10 @@ def _add_evaluate(subparsers):
     evaluate.add_argument("--cross-camera", action="store_true", help="PRW: drop gallery frames of the query camera")
     evaluate.add_argument("--use-gt-boxes", action="store_true", help="also evaluate with ground-truth gallery boxes")
     evaluate.add_argument("--output", help="folder for the results JSON (default: the config's OUTPUT_DIR)")
+    evaluate.add_argument("--precision", choices=tuple(PRECISION_FLAGS),
+                          help="inference precision, sets TEST.AMP_DTYPE (default: the config's)")
+    evaluate.add_argument("--batch-size", type=int, metavar="B",
+                          help="gallery / query images per batch, sets TEST.PERSON_SEARCH.IMS_PER_BATCH")
     evaluate.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE", help="config overrides")
     evaluate.set_defaults(func=_evaluate_command)
 
@@ -84,6 +90,10 @@ def _evaluate_command(args):
         opts += ["TEST.PERSON_SEARCH.USE_GT_BOXES", True]
     if args.output:
         opts += ["OUTPUT_DIR", args.output]
+    if args.precision:
+        opts += ["TEST.AMP_DTYPE", PRECISION_FLAGS[args.precision]]
+    if args.batch_size is not None:
+        opts += ["TEST.PERSON_SEARCH.IMS_PER_BATCH", args.batch_size]
     _setup_logging()
     cfg = load_search_config(args.config, opts)
     model = PersonSearchTrainer.build_model(cfg)

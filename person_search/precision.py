@@ -3,9 +3,11 @@ import contextlib
 
 import torch
 
-__all__ = ["amp_dtype", "autocast", "inference_autocast"]
+__all__ = ["PRECISION_FLAGS", "amp_dtype", "autocast", "inference_autocast"]
 
 _DTYPES = {"": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Command-line ``--precision`` values and the TEST.AMP_DTYPE each one sets.
+PRECISION_FLAGS = {"fp32": "", "bf16": "bf16", "fp16": "fp16"}
 
 
 def amp_dtype(name, key):

@@ -15,13 +15,11 @@ def run_cli(*args, cwd, env=None):
 
 def test_demo_end_to_end_on_a_tiny_synthetic_set(tmp_path):
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"), PYTHONPATH=REPO_ROOT)
-    out = run_cli(
-        "demo", "--preset", "tiny", "--output", "demo_out",
-        "--opts", "SOLVER.MAX_ITER", "2", "MODEL.REID.OIM.NUM_LABELED", "12", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
-        "TEST.PERSON_SEARCH.DET_THRESH", "0.0", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128",
-        "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128",
-        cwd=tmp_path, env=env,
-    )
+    small = ["MODEL.REID.OIM.NUM_LABELED", "12", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+             "TEST.PERSON_SEARCH.DET_THRESH", "0.0", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128",
+             "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128"]
+    out = run_cli("demo", "--preset", "tiny", "--output", "demo_out", "--opts", "SOLVER.MAX_ITER", "2", *small,
+                  cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "untrained" in out.stdout and "result picture" in out.stdout
     assert os.path.exists(tmp_path / "datasets" / "synthetic" / "CUHK-SYSU" / "annotation" / "Images.mat")
@@ -31,7 +29,19 @@ def test_demo_end_to_end_on_a_tiny_synthetic_set(tmp_path):
         assert 0.0 <= summary[name]["search"]["mAP"] <= 100.0
     assert os.path.exists(summary["result_picture"]) and os.path.exists(summary["result_json"])
     assert summary["top_hits"] and summary["top_hits"][0]["rank"] == 1
-    assert os.path.exists(tmp_path / "demo_out" / "train" / "model_final.pth")
+    weights = tmp_path / "demo_out" / "train" / "model_final.pth"
+    assert os.path.exists(weights)
+
+    # the trained weights evaluated again, in bf16 with 2 images per batch: metrics close to the demo's fp32 ones
+    demo_config = os.path.join(REPO_ROOT, "configs", "Synthetic", "oim_tiny_C4_synthetic_demo.yaml")
+    out = run_cli("evaluate", "--config", demo_config, "--weights", str(weights), "--precision", "bf16",
+                  "--batch-size", "2", "--output", "eval_out", "--opts", *small, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (results,) = json.loads(out.stdout[out.stdout.rindex("\n{\n") + 1:]).values()  # logs come first
+    for key, value in summary["trained"]["search"].items():
+        assert abs(results["search"][key] - value) <= 10.0, key
+    assert os.path.exists(tmp_path / "eval_out" / "inference" / "synthetic_cuhk_sysu_gallery"
+                          / "person_search_results.json")
 
 
 def test_evaluate_refuses_a_missing_weights_file(tmp_path):

@@ -3,6 +3,8 @@ import argparse
 import logging
 import sys
 
+from person_search.precision import PRECISION_FLAGS
+
 __all__ = ["add_search_subcommands"]
 
 
@@ -30,6 +32,8 @@ def add_search_subcommands(subparsers):
         "--allow-random-weights", action="store_true", help="allow --weights '' (a random model, for tests and demos)"
     )
     index.add_argument("--seed", type=int, default=0, help="seed of random weights")
+    index.add_argument("--precision", choices=tuple(PRECISION_FLAGS),
+                       help="inference precision, sets TEST.AMP_DTYPE (default: the config's)")
     index.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE", help="config overrides")
     index.set_defaults(func=_index_command)
 
@@ -70,7 +74,10 @@ def _index_command(args):
 
     _setup_logging()
     try:
-        cfg = load_search_config(args.config, args.opts)
+        opts = list(args.opts)
+        if args.precision:
+            opts += ["TEST.AMP_DTYPE", PRECISION_FLAGS[args.precision]]
+        cfg = load_search_config(args.config, opts)
         index = build_index(
             cfg,
             args.weights,
