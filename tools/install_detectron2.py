@@ -14,6 +14,8 @@ The index is read through its JSON "simple" API (PEP 691) because current pip re
 sdist: its metadata names a direct-URL extra dependency.
 
 Usage: python tools/install_detectron2.py [--index-url URL]
+       python tools/install_detectron2.py --wheel-dir .whl   # only build a detectron2-0.6 wheel there (for
+                                                             # another machine, e.g. the GPU machine's .whl/)
 """
 import argparse
 import hashlib
@@ -58,14 +60,15 @@ def sdist_url(index_url):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--index-url", default=os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple"))
+    parser.add_argument("--wheel-dir", help="build a wheel into this folder instead of installing")
     args = parser.parse_args()
 
-    if importlib.util.find_spec("detectron2") is not None:
+    if args.wheel_dir is None and importlib.util.find_spec("detectron2") is not None:
         import detectron2
 
         print(f"detectron2 {detectron2.__version__} already installed at {os.path.dirname(detectron2.__file__)}")
         return
-    if importlib.util.find_spec("torch") is None:
+    if args.wheel_dir is None and importlib.util.find_spec("torch") is None:
         raise SystemExit(f"error: install torch into {sys.executable} before detectron2")
 
     url = sdist_url(args.index_url)
@@ -84,10 +87,15 @@ def main():
             archive.extractall(tmp, members=members, filter="data")
         with open(os.path.join(tmp, "setup.py"), "w") as f:
             f.write(SETUP_PY)
+        if args.wheel_dir is not None:
+            pip_args = ["wheel", "-w", os.path.abspath(args.wheel_dir)]
+        else:
+            pip_args = ["install"]
         subprocess.check_call(
-            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", tmp]
+            [sys.executable, "-m", "pip", *pip_args, "-q", "--no-deps", "--no-build-isolation", tmp]
         )
-    print(f"installed pure-Python detectron2 0.6 from {SDIST_NAME} (sha256 checked)")
+    done = f"built a wheel in {args.wheel_dir}" if args.wheel_dir is not None else "installed"
+    print(f"{done}: pure-Python detectron2 0.6 from {SDIST_NAME} (sha256 checked)")
 
 
 if __name__ == "__main__":
