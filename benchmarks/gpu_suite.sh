@@ -14,6 +14,7 @@ out=${OUT_DIR:?set OUT_DIR to the results folder}
 iters=${ITERS:-10}
 warmup=${WARMUP:-3}
 mkdir -p "$out"
+export PYTHONPATH=$PWD  # benchmarks/*.py import person_search from the repository root
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .site .whl/*.whl \
     || exit 1

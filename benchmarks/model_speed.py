@@ -400,12 +400,14 @@ def reference_and_candidate(model, run, device, channels_last):
     path against the plain one."""
     backbone = model.backbone
     with torch.no_grad():
-        model.backbone = getattr(backbone, "_orig_mod", backbone)  # torch.compile's wrapper keeps the eager module
-        model.to(memory_format=torch.contiguous_format)
-        ref = run()
-        model.backbone = backbone
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
+        try:
+            model.backbone = getattr(backbone, "_orig_mod", backbone)  # torch.compile's wrapper keeps the eager one
+            model.to(memory_format=torch.contiguous_format)
+            ref = run()
+        finally:
+            model.backbone = backbone
+            if channels_last:
+                model.to(memory_format=torch.channels_last)
         with autocast(device, "bf16"):
             low = run()
     return ref, low

@@ -127,7 +127,11 @@ def test_bf16_autocast_inference_returns_fp32_embeddings_close_to_fp32(name):
     head.eval()
     given = []
     # the last box is narrower than bfloat16's step at x = 110 (0.5 px): it must not collapse to zero width
-    for boxes in ([[10.0, 10.0, 40.0, 80.0], [70.0, 5.0, 110.0, 90.0]], [[20.0, 30.0, 60.0, 90.0], [110.8, 35.4, 110.9, 90.0]]):
+    boxes_per_image = (
+        [[10.0, 10.0, 40.0, 80.0], [70.0, 5.0, 110.0, 90.0]],
+        [[20.0, 30.0, 60.0, 90.0], [110.8, 35.4, 110.9, 90.0]],
+    )
+    for boxes in boxes_per_image:
         inst = Instances(IMAGE_SIZE)
         inst.pred_boxes = Boxes(torch.tensor(boxes))
         inst.pred_classes = torch.zeros(len(boxes), dtype=torch.long)

@@ -96,6 +96,10 @@ def test_bf16_index_has_fp32_unit_embeddings(built, gallery, tmp_path):
     # a random model's box regression turns bf16 rounding into box shifts of a few pixels.
     # the precision is a TEST key: the same model, so fp32 queries may search a bf16-built index
     assert bf16.manifest["model"]["identity"] == built.manifest["model"]["identity"]
+    assert bf16.manifest["precision"] == "bf16" and built.manifest["precision"] == "fp32"
+    # ... but one index never mixes precisions: the fp32 index's folder refuses a bf16 run
+    with pytest.raises(SearchError, match="built with other arguments"):
+        build_index(tiny_cfg(*FAST_OPTS, "TEST.AMP_DTYPE", "bf16"), "", gallery, built.root, **BUILD_ARGS)
 
 
 def test_rerun_reuses_finished_index_and_refuses_other_arguments(built, gallery, monkeypatch):

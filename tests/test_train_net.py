@@ -128,10 +128,23 @@ def test_protocol_threshold_below_the_models_is_refused(synthetic_cuhk_sysu, tmp
     cfg = trainer_cfg(prefix, tmp_path, "TEST.PERSON_SEARCH.DET_THRESH", 0.3)
     with pytest.raises(ValueError, match="DET_THRESH = 0.3 is below MODEL.ROI_HEADS.SCORE_THRESH_TEST"):
         PersonSearchTrainer.build_evaluator(cfg, f"{prefix}_gallery")
+    with pytest.raises(ValueError, match="DET_THRESH = 0.3 is below"):
+        PersonSearchTrainer(cfg)  # before training starts
     lowered = trainer_cfg(
-        prefix, tmp_path, "TEST.PERSON_SEARCH.DET_THRESH", 0.3, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.3
+        prefix, tmp_path, "TEST.PERSON_SEARCH.DET_THRESH", 0.3, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.29
     )
     assert PersonSearchTrainer.build_evaluator(lowered, f"{prefix}_gallery") is not None
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [("TEST.AMP_DTYPE", "half", "TEST.AMP_DTYPE must be one of"),
+     ("TEST.PERSON_SEARCH.IMS_PER_BATCH", 0, "TEST.PERSON_SEARCH.IMS_PER_BATCH must be >= 1")],
+)
+def test_bad_test_settings_are_reported_before_training(synthetic_cuhk_sysu, tmp_path, key, value, message):
+    _, prefix = synthetic_cuhk_sysu
+    with pytest.raises(ValueError, match=message):
+        PersonSearchTrainer(trainer_cfg(prefix, tmp_path, key, value))
 
 
 def test_too_small_lookup_table_is_reported_before_training(synthetic_cuhk_sysu, tmp_path):

@@ -10,7 +10,7 @@ from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import print_csv_format
 from detectron2.utils import comm
 
-from person_search.precision import inference_autocast
+from person_search.precision import amp_dtype, inference_autocast
 
 from .hooks import RandomStateCheckpointHook
 from .train_loop import MixedPrecisionTrainer, amp_dtype_from_config
@@ -54,10 +54,27 @@ def _check_num_labeled(cfg, dataset_dicts):
         logger.warning(f"{key} is {capacity} but the training set labels only {num_ids} identities")
 
 
+def _check_test_settings(cfg):
+    """Raise on evaluation settings that would fail or mislead only when evaluation runs."""
+    from person_search.evaluation import check_score_threshold
+
+    amp_dtype(cfg.TEST.AMP_DTYPE, "TEST.AMP_DTYPE")
+    batch_sizes = {
+        "TEST.PERSON_SEARCH.IMS_PER_BATCH": cfg.TEST.PERSON_SEARCH.IMS_PER_BATCH,
+        "TEST.REID.IMS_PER_BATCH": cfg.TEST.REID.IMS_PER_BATCH,
+    }
+    for key, value in batch_sizes.items():
+        if value < 1:
+            raise ValueError(f"{key} must be >= 1, got {value}")
+    if any(getattr(MetadataCatalog.get(name), "evaluator_type", None) == "person_search" for name in cfg.DATASETS.TEST):
+        check_score_threshold(cfg, cfg.TEST.PERSON_SEARCH.DET_THRESH, "TEST.PERSON_SEARCH.DET_THRESH")
+
+
 class PersonSearchTrainer(DefaultTrainer):
     """Trainer for the person-search models (``train_net.py``) and the crop re-ID model of the same plugin."""
 
     def __init__(self, cfg):
+        _check_test_settings(cfg)  # before training, not when the first evaluation starts
         super().__init__(cfg)
         # Swap in the training step with the autocast switch; model, optimizer and data loader stay the same.
         loop = self._trainer

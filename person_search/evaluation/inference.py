@@ -38,19 +38,23 @@ def build_person_search_test_loaders(cfg, gallery_dataset_name, use_gt_boxes=Fal
     for name, mapper in ((gallery_dataset_name, gallery_mapper), (query_dataset_name, query_mapper)):
         dicts = get_detection_dataset_dicts([name], filter_empty=False)
         loaders.append(
-            build_batched_test_loader(dicts, mapper, cfg.TEST.PERSON_SEARCH.IMS_PER_BATCH, cfg.DATALOADER.NUM_WORKERS)
+            build_batched_test_loader(
+                dicts, mapper, cfg.TEST.PERSON_SEARCH.IMS_PER_BATCH, cfg.DATALOADER.NUM_WORKERS,
+                batch_size_key="TEST.PERSON_SEARCH.IMS_PER_BATCH",
+            )
         )
     return tuple(loaders)
 
 
-def build_batched_test_loader(dicts, mapper, batch_size, num_workers):
+def build_batched_test_loader(dicts, mapper, batch_size, num_workers, *, batch_size_key="batch_size"):
     """A test loader over ``dicts`` mapped by ``mapper``, in batches of ``batch_size`` records (lists of dicts).
 
     Like detectron2's ``build_detection_test_loader`` (whose 0.6 release has no batch size): records stay in
     order, and under distributed inference each one is seen by exactly one rank (InferenceSampler).
+    ``batch_size_key`` names the setting in the error for a batch size below 1.
     """
     if batch_size < 1:
-        raise ValueError(f"test batch size must be >= 1, got {batch_size}")
+        raise ValueError(f"{batch_size_key} must be >= 1, got {batch_size}")
     dataset = MapDataset(DatasetFromList(dicts, copy=False), mapper)
     batch_sampler = torch.utils.data.BatchSampler(InferenceSampler(len(dataset)), batch_size, drop_last=False)
     return torch.utils.data.DataLoader(

@@ -39,18 +39,21 @@ _QUERY_SUBSETS = (("occlusion", "search_occlusion"), ("resolution", "search_reso
 _TOP_K = (1, 5, 10)
 
 
-
 def check_score_threshold(cfg, threshold, name):
-    """Refuse a detection-score ``threshold`` (the key ``name``) below ``MODEL.ROI_HEADS.SCORE_THRESH_TEST``.
+    """Refuse a detection-score ``threshold`` (``name`` names the setting) below the model's
+    ``MODEL.ROI_HEADS.SCORE_THRESH_TEST``: the model never outputs those detections, so the lower threshold would
+    silently act as the model's.
 
-    The model never outputs detections below its own threshold, so a lower one would silently act as the model's.
+    An equal threshold is accepted, but detectron2 keeps scores strictly above its threshold while the protocols
+    keep scores >= theirs, so a score exactly at it is lost: the paper configs use 0.49 under the protocols' 0.5.
     """
     model_thresh = cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST
     if threshold < model_thresh:
         raise ValueError(
             f"{name} = {threshold} is below MODEL.ROI_HEADS.SCORE_THRESH_TEST = {model_thresh}: the model drops "
-            f"detections scoring under {model_thresh}; lower MODEL.ROI_HEADS.SCORE_THRESH_TEST to {threshold} too"
+            f"detections scoring under {model_thresh}; lower MODEL.ROI_HEADS.SCORE_THRESH_TEST below {threshold} too"
         )
+
 
 class PersonSearchEvaluator(DatasetEvaluator):
     """Detection AP / recall on the gallery images and person-search mAP / top-k of the queries.

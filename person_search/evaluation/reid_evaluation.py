@@ -389,7 +389,9 @@ def build_reid_test_loader(cfg, gallery_dataset_name):
         )
     dicts = DatasetCatalog.get(query_dataset_name) + DatasetCatalog.get(gallery_dataset_name)
     mapper = ReIDCropMapper(cfg, is_train=False)
-    return build_batched_test_loader(dicts, mapper, cfg.TEST.REID.IMS_PER_BATCH, cfg.DATALOADER.NUM_WORKERS)
+    return build_batched_test_loader(
+        dicts, mapper, cfg.TEST.REID.IMS_PER_BATCH, cfg.DATALOADER.NUM_WORKERS, batch_size_key="TEST.REID.IMS_PER_BATCH"
+    )
 
 
 def inference_on_reid(model, loader, evaluator):

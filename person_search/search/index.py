@@ -306,7 +306,8 @@ def build_index(
     model, identity = build_search_model(cfg, weights, allow_random_weights=allow_random_weights, seed=seed)
     build_key = hashlib.sha256(
         json.dumps(
-            [FORMAT_VERSION, source.describe(), identity["identity"], score_thresh, batch_size, shard_size]
+            [FORMAT_VERSION, source.describe(), identity["identity"], score_thresh, batch_size, shard_size,
+             cfg.TEST.AMP_DTYPE]  # the precision changes embeddings slightly: never mix it within one index
         ).encode()
     ).hexdigest()
     os.makedirs(output_dir, exist_ok=True)
@@ -332,6 +333,7 @@ def build_index(
         "model": dict(identity, config_file="config.yaml", config_path=config_path),
         "embed_dim": cfg.MODEL.REID.EMBED_DIM,
         "score_thresh": score_thresh,
+        "precision": cfg.TEST.AMP_DTYPE or "fp32",
     }
     return _consolidate(output_dir, writer.shards, manifest)
 
