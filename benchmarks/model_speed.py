@@ -57,6 +57,7 @@ from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.events import EventStorage
 
 from person_search import add_person_search_config
+from person_search.modeling import apply_memory_format
 from person_search.precision import autocast as precision_autocast
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,6 +78,7 @@ def build_cfgs(args):
     cfg.merge_from_list(list(args.opts))
     cfg.MODEL.DEVICE = args.device
     cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.CHANNELS_LAST = args.channels_last
     if args.proposals is not None:
         cfg.MODEL.RPN.POST_NMS_TOPK_TEST = args.proposals
     bare = cfg.clone()
@@ -234,7 +236,7 @@ def zero_output_layers(model):
 class Models:
     """The two models; on a GPU only the one being measured stays on the device."""
 
-    def __init__(self, cfg, bare_cfg, device, seed, zero_outputs=True, channels_last=False, compile_backbone=False):
+    def __init__(self, cfg, bare_cfg, device, seed, zero_outputs=True, compile_backbone=False):
         self.device = device
         self.models = {}
         for name, c in (("bare", bare_cfg), ("ours", cfg)):
@@ -242,9 +244,7 @@ class Models:
             model = build_model(c)
             if zero_outputs:
                 zero_output_layers(model)
-            if channels_last:
-                # conv weights in NHWC: cuDNN then runs the convolutions (and their outputs) channels-last
-                model.to(memory_format=torch.channels_last)
+            apply_memory_format(model, c)  # MODEL.CHANNELS_LAST (--channels-last), as in training and inference
             if compile_backbone:
                 # dynamic shapes: images of a batch are padded to varying sizes; compiled on the first (warmup) call
                 model.backbone = torch.compile(model.backbone, dynamic=True)
@@ -480,7 +480,7 @@ def parse_args(argv=None):
                         help="keep the random RPN / box predictor output layers (default: zeroed, see "
                              "zero_output_layers; random ones give almost no proposals and detections with R50)")
     parser.add_argument("--channels-last", action="store_true",
-                        help="both models' conv weights in channels-last (NHWC) memory format")
+                        help="both models' conv weights in channels-last (NHWC) memory format (MODEL.CHANNELS_LAST)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile both models' backbones (compiled in the warmup steps: --warmup >= 1)")
     parser.add_argument("--check", action="store_true",
@@ -519,7 +519,7 @@ def main(argv=None):
     meter = Meter(device)
     emit = Emitter(args, cfg, device)
     models = Models(cfg, bare_cfg, device, args.seed, zero_outputs=not args.random_output_layers,
-                    channels_last=args.channels_last, compile_backbone=args.compile)
+                    compile_backbone=args.compile)
     gen = torch.Generator().manual_seed(args.seed)
     if "train" in args.benchmarks:
         bench_train(args, models, meter, emit, cfg, device, gen)

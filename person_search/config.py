@@ -69,4 +69,7 @@ def add_person_search_config(cfg):
     # Boxes, scores and embeddings are returned in fp32; they agree with fp32 inference to about 1e-2 per
     # embedding component (benchmarks/model_speed.py --check).
     _C.TEST.AMP_DTYPE = ""
+    # Convolution weights channels-last (NHWC) for training and inference: faster on GPUs with tensor cores, most
+    # of all under AMP (person_search.modeling.apply_memory_format).
+    _C.MODEL.CHANNELS_LAST = False
     return cfg

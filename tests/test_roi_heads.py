@@ -169,3 +169,37 @@ def test_embedding_head_single_sample_in_training_uses_running_stats():
     assert torch.allclose(emb(torch.rand(5, 8)).norm(dim=1), torch.ones(5), atol=1e-5)
     with pytest.raises(ValueError, match="EMBED_NORM"):
         IdentityEmbeddingHead(8, 4, norm="LN")
+
+
+def test_full_precision_pooler_pools_exact_boxes_and_keeps_the_features_dtype():
+    from detectron2.modeling.poolers import ROIPooler
+
+    from person_search.modeling.roi_heads import FullPrecisionPooler
+
+    pooler = ROIPooler(output_size=4, scales=(1.0 / 16,), sampling_ratio=0, pooler_type="ROIAlignV2")
+    features = torch.randn(1, 3, 8, 100).to(torch.bfloat16)  # a 128 x 1600 image at stride 16
+    # bfloat16's step near x = 1500 is 8 px: rounded, this 3-px-wide box would collapse to zero width
+    boxes = [Boxes(torch.tensor([[1500.0, 10.0, 1503.0, 120.0], [20.0, 5.0, 300.0, 100.0]]))]
+    pooled = FullPrecisionPooler(pooler)([features], boxes)
+    assert pooled.dtype == torch.bfloat16
+    assert torch.equal(pooled, pooler([features.float()], boxes).to(torch.bfloat16))
+    assert pooled[0].abs().sum() > 0
+
+
+def test_embedding_head_projects_and_normalises_in_fp32_under_autocast():
+    from person_search.modeling import IdentityEmbeddingHead
+
+    head = IdentityEmbeddingHead(64, 16).eval()
+    torch.manual_seed(0)
+    features = torch.rand(8, 64, 3, 3) + 4.0  # post-ReLU-like: a large common part, a small spread
+    with torch.no_grad():
+        projected = head.projection(features.mean(dim=(2, 3)))
+        # converged running statistics: the mean is tens of times the spread it leaves (a bf16 projection then
+        # differs from fp32 by ~0.09 per component here)
+        head.norm.running_mean.copy_(projected.mean(0))
+        head.norm.running_var.copy_(projected.var(0))
+        fp32 = head(features)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = head(features)
+    assert autocast.dtype == torch.float32
+    assert torch.allclose(autocast, fp32, atol=1e-6)  # no rounding inside the head

@@ -261,7 +261,8 @@ def test_model_identity(tmp_path):
     reloaded = load_search_config(str(dumped))
     assert model_identity(reloaded, "")["identity"] == model_identity(cfg, "")["identity"]
     # keys that do not change an embedding do not change the identity; model keys, seeds and weights do
-    assert model_identity(tiny_cfg(*FAST_OPTS, "SOLVER.BASE_LR", 0.5, "MODEL.DEVICE", "cuda"), "") == model_identity(
+    fast_settings = ("SOLVER.BASE_LR", 0.5, "MODEL.DEVICE", "cuda", "MODEL.CHANNELS_LAST", True)
+    assert model_identity(tiny_cfg(*FAST_OPTS, *fast_settings), "") == model_identity(
         cfg, ""
     )
     assert model_identity(tiny_cfg(*FAST_OPTS, "INPUT.MIN_SIZE_TEST", 80), "")["identity"] != model_identity(

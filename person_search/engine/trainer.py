@@ -10,6 +10,7 @@ from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import print_csv_format
 from detectron2.utils import comm
 
+from person_search.modeling.memory_format import apply_memory_format
 from person_search.precision import amp_dtype, inference_autocast
 
 from .hooks import RandomStateCheckpointHook
@@ -81,6 +82,11 @@ class PersonSearchTrainer(DefaultTrainer):
         self._trainer = MixedPrecisionTrainer(
             loop.model, loop.data_loader, loop.optimizer, amp_dtype=amp_dtype_from_config(cfg)
         )
+
+    @classmethod
+    def build_model(cls, cfg):
+        """detectron2's model, channels-last with ``MODEL.CHANNELS_LAST``."""
+        return apply_memory_format(super().build_model(cfg), cfg)
 
     # detectron2 0.6's DefaultTrainer leaves the optimizer (momentum buffers, learning rate) and the grad scaler
     # out of its checkpoints; later releases save them like this, so a resumed run continues exactly.

@@ -45,8 +45,10 @@ class FullPrecisionPooler(nn.Module):
     detectron2's ROIAlign casts the boxes to the features' dtype. Under bf16/fp16 autocast that rounds box
     coordinates to 8 significant bits (steps of 4 px near x = 600, 8 px near 1500): pooled features no longer
     match their boxes, and boxes narrower than a step collapse to zero width and pool zeros. torchvision's
-    roi_align computes in float32 under autocast anyway, so the copy only adds a cast. Holds no parameters:
-    checkpoints are unchanged.
+    roi_align computes in float32 under autocast anyway, so the copy only adds a cast. The pooled features are
+    returned in the features' dtype: the next layers cast them to it under autocast anyway, and a float32 copy of
+    every pooled ROI would cost training memory (+24 % peak for R50-C4 at 900x1500, batch 4, bf16). Holds no
+    parameters: checkpoints are unchanged.
     """
 
     def __init__(self, pooler):
@@ -54,7 +56,7 @@ class FullPrecisionPooler(nn.Module):
         self.pooler = pooler
 
     def forward(self, features, box_lists):
-        return self.pooler([x.float() for x in features], box_lists)
+        return self.pooler([x.float() for x in features], box_lists).to(features[0].dtype)
 
 
 class _IdentityBranch:

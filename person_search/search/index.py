@@ -30,6 +30,7 @@ from detectron2.utils.file_io import PathManager
 from tqdm import tqdm
 
 from person_search.evaluation import check_score_threshold
+from person_search.modeling.memory_format import apply_memory_format
 from person_search.precision import inference_autocast
 
 from .sources import SearchError, open_gallery_source
@@ -87,8 +88,9 @@ def _local_weights(weights):
 def model_identity(cfg, weights, *, seed=0):
     """What determines the embeddings: the model and input config, and the weights.
 
-    Only ``MODEL`` and ``INPUT`` are hashed (without ``MODEL.WEIGHTS`` and ``MODEL.DEVICE``): solver, dataset and
-    evaluation keys do not change an embedding, and an index built on a GPU may be queried on a CPU.
+    Only ``MODEL`` and ``INPUT`` are hashed (without ``MODEL.WEIGHTS``, ``MODEL.DEVICE`` and
+    ``MODEL.CHANNELS_LAST``): solver, dataset and evaluation keys do not change an embedding, and an index built on
+    a GPU (channels-last or not) may be queried on a CPU.
 
     Args:
         weights: a weights file or URL, or "" for a randomly initialised model (identified by ``seed``).
@@ -101,6 +103,7 @@ def model_identity(cfg, weights, *, seed=0):
     model_cfg.defrost()
     model_cfg.MODEL.WEIGHTS = ""
     model_cfg.MODEL.DEVICE = ""
+    model_cfg.MODEL.pop("CHANNELS_LAST", None)  # a speed setting; popped, identities from before it was added hold
     # canonical JSON, not cfg.dump(): YAML anchors for shared lists differ between a config and its reloaded dump
     canonical = json.dumps({"MODEL": model_cfg.MODEL, "INPUT": model_cfg.INPUT}, sort_keys=True)
     config_sha = hashlib.sha256(canonical.encode()).hexdigest()
@@ -136,7 +139,7 @@ def build_search_model(cfg, weights, *, allow_random_weights=False, seed=0):
     identity = model_identity(cfg, weights, seed=seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_model(cfg)
+        model = apply_memory_format(build_model(cfg), cfg)
     if weights:
         DetectionCheckpointer(model).load(_local_weights(weights))
     else:
@@ -308,6 +311,7 @@ def build_index(
         json.dumps(
             [FORMAT_VERSION, source.describe(), identity["identity"], score_thresh, batch_size, shard_size,
              cfg.TEST.AMP_DTYPE]  # the precision changes embeddings slightly: never mix it within one index
+            + (["channels_last"] if cfg.MODEL.CHANNELS_LAST else [])  # so does the memory format, by rounding
         ).encode()
     ).hexdigest()
     os.makedirs(output_dir, exist_ok=True)
