@@ -66,8 +66,8 @@ def add_person_search_config(cfg):
     # a GradScaler). The OIM tables and logits stay fp32.
     _C.SOLVER.AMP_DTYPE = ""
     # Mixed precision of inference (evaluation, `person_search index` / `query`): "" (fp32), "bf16" or "fp16".
-    # Boxes, scores and embeddings are returned in fp32; they agree with fp32 inference to about 1e-2 per
-    # embedding component (benchmarks/model_speed.py --check).
+    # Boxes, scores and embeddings are returned in fp32; embeddings agree with fp32 inference to about 1e-3 to 4e-2
+    # per component, depending on the weights and the input size (benchmarks/model_speed.py --check, README there).
     _C.TEST.AMP_DTYPE = ""
     # Convolution weights channels-last (NHWC) for training and inference: faster on GPUs with tensor cores, most
     # of all under AMP (person_search.modeling.apply_memory_format).
