@@ -22,6 +22,11 @@ def add_person_search_config(cfg):
     # ReIDStandardROIHeads only: a second box-head-like tower for the identity branch ("" = share the box head's
     # features). Name of a ROI_BOX_HEAD_REGISTRY head built with the box head's config.
     _C.MODEL.REID.HEAD_NAME = ""
+    # What the embedding of a detection is computed from at inference: "boxes" (its final, regressed box, pooled
+    # and run through the head again) or "proposals" (ReIDRes5ROIHeads only: the features of the proposal it was
+    # regressed from, already computed for the box branch; the test procedure of the paper's Caffe release, one
+    # res5 pass instead of two). Query boxes are always embedded as given.
+    _C.MODEL.REID.EMBED_DETECTIONS_FROM = "boxes"
 
     _C.MODEL.REID.OIM = CN()
     # Number of labeled identities = rows of the lookup table (CUHK-SYSU train: 5532, PRW train: 483).

@@ -203,3 +203,45 @@ def test_embedding_head_projects_and_normalises_in_fp32_under_autocast():
             autocast = head(features)
     assert autocast.dtype == torch.float32
     assert torch.allclose(autocast, fp32, atol=1e-6)  # no rounding inside the head
+
+
+def test_c4_detections_embedded_from_their_proposals():
+    head, features = build_head("ReIDRes5ROIHeads")
+    head.box_predictor.test_score_thresh = 0.0
+    with torch.no_grad():  # regress every box by 20 % of its width and 10 % of its height
+        head.box_predictor.bbox_pred.bias.copy_(torch.tensor([2.0, 1.0, 0.0, 0.0]))
+    head.eval()
+    _, proposals = targets_and_proposals()
+    # a proposal with a non-finite box first: detectron2 drops it before numbering the kept proposals
+    boxes0 = torch.cat([torch.tensor([[float("nan"), 0.0, 5.0, 5.0]]), proposals[0].proposal_boxes.tensor])
+    proposals[0] = Instances(IMAGE_SIZE, proposal_boxes=Boxes(boxes0), objectness_logits=torch.zeros(len(boxes0)))
+    with torch.no_grad():
+        from_boxes, _ = head(None, features, [p[:] for p in proposals])
+        head.embed_detections_from = "proposals"
+        from_proposals, _ = head(None, features, [p[:] for p in proposals])
+        # expected: each detection's embedding is its source proposal's (found by its regressed box)
+        source = [p.proposal_boxes.tensor[1:] if i == 0 else p.proposal_boxes.tensor for i, p in enumerate(proposals)]
+        regressed = head.box_predictor.predict_boxes(
+            head.box_predictor(
+                head._shared_roi_transform([features["res4"]], [Boxes(s) for s in source]).mean(dim=[2, 3])
+            ),
+            [Instances(IMAGE_SIZE, proposal_boxes=Boxes(s)) for s in source],
+        )
+    assert all(len(d) for d in from_proposals)
+    origins = []
+    for a, b, src, reg in zip(from_boxes, from_proposals, source, regressed):
+        assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor) and torch.equal(a.scores, b.scores)
+        # the proposal each detection was regressed from: the one whose regressed box it is
+        origins.append(Boxes(src[torch.cdist(b.pred_boxes.tensor, reg).argmin(dim=1)]))
+    with torch.no_grad():
+        expected = head._embed(features, origins)
+    assert torch.allclose(torch.cat([d.pred_embeddings for d in from_proposals]), expected, atol=1e-5)
+    assert not torch.allclose(from_boxes[0].pred_embeddings, from_proposals[0].pred_embeddings, atol=1e-3)
+
+
+def test_fpn_head_refuses_embedding_from_proposals():
+    cfg = tiny_cfg("MODEL.REID.EMBED_DETECTIONS_FROM", "proposals", config_file=TINY_FPN_CONFIG)
+    with pytest.raises(ValueError, match="EMBED_DETECTIONS_FROM"):
+        build_roi_heads(cfg, {f"p{i}": ShapeSpec(channels=32, stride=2**i) for i in range(2, 6)})
+    with pytest.raises(ValueError, match="'boxes' or 'proposals'"):
+        build_roi_heads(tiny_cfg("MODEL.REID.EMBED_DETECTIONS_FROM", "rois"), {"res4": ShapeSpec(channels=256, stride=16)})

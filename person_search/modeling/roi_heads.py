@@ -75,12 +75,20 @@ class _IdentityBranch:
         """Set ``pred_embeddings`` of every instance from its ``pred_boxes``."""
         boxes = [x.pred_boxes for x in instances]
         if sum(len(b) for b in boxes) == 0:
-            embeddings = next(iter(features.values())).new_zeros(0, self.embedding_head.embed_dim, dtype=torch.float32)
+            embeddings = self._no_embeddings(next(iter(features.values())))
         else:
             embeddings = self._embed(features, boxes)
-        for inst, emb in zip(instances, embeddings.split([len(b) for b in boxes])):
-            inst.pred_embeddings = emb
-        return instances
+        return _split_embeddings(instances, embeddings)
+
+    def _no_embeddings(self, like):
+        return like.new_zeros(0, self.embedding_head.embed_dim, dtype=torch.float32)
+
+
+def _split_embeddings(instances, embeddings):
+    """Set ``pred_embeddings`` of each image's instances from consecutive rows of ``embeddings``."""
+    for inst, emb in zip(instances, embeddings.split([len(x) for x in instances])):
+        inst.pred_embeddings = emb
+    return instances
 
 
 def identity_branch_from_config(cfg, in_channels):
@@ -106,9 +114,21 @@ class ReIDRes5ROIHeads(_IdentityBranch, Res5ROIHeads):
     """The paper's C4 head: one res5 block shared by the box branch and the identity branch."""
 
     @configurable
-    def __init__(self, *, embedding_head, identity_loss, reid_loss_weight=1.0, **kwargs):
+    def __init__(
+        self, *, embedding_head, identity_loss, reid_loss_weight=1.0, embed_detections_from="boxes", **kwargs
+    ):
+        """
+        Args:
+            embed_detections_from: "boxes" (embed each detection's final box with a second res5 pass) or
+                "proposals" (reuse the res5 features of the proposal it was regressed from).
+        """
         super().__init__(**kwargs)
         self._init_identity_branch(embedding_head, identity_loss, reid_loss_weight)
+        if embed_detections_from not in ("boxes", "proposals"):
+            raise ValueError(
+                f"MODEL.REID.EMBED_DETECTIONS_FROM must be 'boxes' or 'proposals', got {embed_detections_from!r}"
+            )
+        self.embed_detections_from = embed_detections_from
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -116,6 +136,7 @@ class ReIDRes5ROIHeads(_IdentityBranch, Res5ROIHeads):
         ret["pooler"] = FullPrecisionPooler(ret["pooler"])
         res5_out_channels = cfg.MODEL.RESNETS.RES2_OUT_CHANNELS * 8  # Res5ROIHeads' res5 widens res4 by 2
         ret.update(identity_branch_from_config(cfg, res5_out_channels))
+        ret["embed_detections_from"] = cfg.MODEL.REID.EMBED_DETECTIONS_FROM
         return ret
 
     def forward(self, images, features, proposals, targets=None):
@@ -139,8 +160,27 @@ class ReIDRes5ROIHeads(_IdentityBranch, Res5ROIHeads):
                 raise NotImplementedError("ReIDRes5ROIHeads does not support MODEL.MASK_ON")
             return [], losses
 
-        pred_instances, _ = self.box_predictor.inference(predictions, proposals)
+        pred_instances, kept = self.box_predictor.inference(predictions, proposals)
+        if self.embed_detections_from == "proposals":
+            rows = self._kept_proposal_rows(predictions, proposals, kept)
+            embeddings = self.embedding_head(box_features[rows]) if len(rows) else self._no_embeddings(box_features)
+            return _split_embeddings(pred_instances, embeddings), {}
         return self.forward_with_given_boxes(features, pred_instances), {}
+
+    def _kept_proposal_rows(self, predictions, proposals, kept):
+        """Rows of the batch's proposal features that the detections came from.
+
+        detectron2's ``fast_rcnn_inference`` numbers the kept proposals of an image after dropping those with
+        non-finite boxes or scores; this maps them back to the image's proposals, then to the batch's rows.
+        """
+        boxes = self.box_predictor.predict_boxes(predictions, proposals)
+        scores = self.box_predictor.predict_probs(predictions, proposals)
+        rows, start = [], 0
+        for b, s, k, p in zip(boxes, scores, kept, proposals):
+            finite = (torch.isfinite(b).all(dim=1) & torch.isfinite(s).all(dim=1)).nonzero().squeeze(1)
+            rows.append(start + finite[k])
+            start += len(p)
+        return torch.cat(rows)
 
     def forward_with_given_boxes(self, features, instances):
         """Embed ``instances[i].pred_boxes`` (final detections or given query boxes)."""
@@ -171,6 +211,11 @@ class ReIDStandardROIHeads(_IdentityBranch, StandardROIHeads):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
+        if cfg.MODEL.REID.EMBED_DETECTIONS_FROM != "boxes":
+            raise ValueError(
+                "ReIDStandardROIHeads embeds detections from their boxes only; MODEL.REID.EMBED_DETECTIONS_FROM "
+                f"must be 'boxes', got {cfg.MODEL.REID.EMBED_DETECTIONS_FROM!r}"
+            )
         ret = super().from_config(cfg, input_shape)
         ret["box_pooler"] = FullPrecisionPooler(ret["box_pooler"])
         ret.update(cls._init_reid_head(cfg, input_shape, ret["box_head"]))
