@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements of benchmarks/README.md in one command, for one `device` tool call (4 minutes on an H100 on
-# 2026-11-26, the torch.compile run included). Most important first; each result file is complete when its run
+# 2026-11-26, the torch.compile run included, before the proposals-mode run was added: allow about 5). Most important first; each result file is complete when its run
 # ends, so a cut-off call keeps them.
 #
 # Here, once, with the project venv active (builds .whl/ for the GPU machine's Python 3.12):

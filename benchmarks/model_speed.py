@@ -78,7 +78,8 @@ def build_cfgs(args):
     cfg.merge_from_list(list(args.opts))
     cfg.MODEL.DEVICE = args.device
     cfg.MODEL.WEIGHTS = ""
-    cfg.MODEL.CHANNELS_LAST = args.channels_last
+    # --channels-last or MODEL.CHANNELS_LAST True among the overrides; the rest of the script reads the flag
+    args.channels_last = cfg.MODEL.CHANNELS_LAST = args.channels_last or cfg.MODEL.CHANNELS_LAST
     if args.proposals is not None:
         cfg.MODEL.RPN.POST_NMS_TOPK_TEST = args.proposals
     bare = cfg.clone()
@@ -311,6 +312,8 @@ class Emitter:
             "train_rois_per_image": cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE,
             "channels_last": args.channels_last,
             "compiled_backbone": args.compile,
+            "embed_detections_from": cfg.MODEL.REID.EMBED_DETECTIONS_FROM,
+            "overrides": list(args.opts),
         }
         self.machine = machine_info(device)
 

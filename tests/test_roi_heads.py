@@ -239,6 +239,19 @@ def test_c4_detections_embedded_from_their_proposals():
     assert not torch.allclose(from_boxes[0].pred_embeddings, from_proposals[0].pred_embeddings, atol=1e-3)
 
 
+def test_c4_embedding_from_proposals_without_detections():
+    head, features = build_head("ReIDRes5ROIHeads")
+    head.embed_detections_from = "proposals"
+    head.box_predictor.test_score_thresh = 1.0  # nothing scores above it
+    head.eval()
+    _, proposals = targets_and_proposals()
+    with torch.no_grad():
+        detections, _ = head(None, features, proposals)
+    for det in detections:
+        assert len(det) == 0
+        assert det.pred_embeddings.shape == (0, 32) and det.pred_embeddings.dtype == torch.float32
+
+
 def test_fpn_head_refuses_embedding_from_proposals():
     cfg = tiny_cfg("MODEL.REID.EMBED_DETECTIONS_FROM", "proposals", config_file=TINY_FPN_CONFIG)
     with pytest.raises(ValueError, match="EMBED_DETECTIONS_FROM"):

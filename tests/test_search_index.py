@@ -102,6 +102,17 @@ def test_bf16_index_has_fp32_unit_embeddings(built, gallery, tmp_path):
         build_index(tiny_cfg(*FAST_OPTS, "TEST.AMP_DTYPE", "bf16"), "", gallery, built.root, **BUILD_ARGS)
 
 
+def test_channels_last_index_matches_and_keeps_the_model_identity(built, gallery, tmp_path):
+    cfg = tiny_cfg(*FAST_OPTS, "MODEL.CHANNELS_LAST", True)
+    channels_last = build_index(cfg, "", gallery, str(tmp_path), **BUILD_ARGS)
+    np.testing.assert_array_equal(channels_last.image_index, built.image_index)
+    np.testing.assert_allclose(channels_last.boxes, built.boxes, atol=1e-2)  # pixels: float rounding only
+    np.testing.assert_allclose(channels_last.embeddings, built.embeddings, atol=1e-4)
+    assert channels_last.manifest["model"]["identity"] == built.manifest["model"]["identity"]
+    with pytest.raises(SearchError, match="built with other arguments"):  # one index, one memory format
+        build_index(cfg, "", gallery, built.root, **BUILD_ARGS)
+
+
 def test_rerun_reuses_finished_index_and_refuses_other_arguments(built, gallery, monkeypatch):
     def no_forward(self, images):
         raise AssertionError("a finished index must not be recomputed")
@@ -252,6 +263,18 @@ def test_clear_errors(tmp_path, gallery):
         GalleryIndex.load(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_search_config(str(tmp_path / "nope.yaml"))
+
+
+def test_model_identity_of_indexes_built_earlier_holds():
+    # The identity of the tiny config with random weights, as computed since before MODEL.CHANNELS_LAST and
+    # MODEL.REID.EMBED_DETECTIONS_FROM existed: a new config key must not invalidate every existing index (hash it
+    # only when set away from its default, see index._KEYS_HASHED_WHEN_CHANGED). Update this value only when the
+    # tiny config file itself changes.
+    assert model_identity(tiny_cfg(), "")["identity"] == (
+        "3bb60b7bf7968580f2595e9e820d5aef2152546ce3982eb86d711928e155700e"
+    )
+    changed = tiny_cfg("MODEL.REID.EMBED_DETECTIONS_FROM", "proposals")
+    assert model_identity(changed, "")["identity"] != model_identity(tiny_cfg(), "")["identity"]
 
 
 def test_model_identity(tmp_path):

@@ -85,6 +85,10 @@ def _local_weights(weights):
     return local
 
 
+# (MODEL sub-node, key, default) of the model keys added after indexes were first built
+_KEYS_HASHED_WHEN_CHANGED = (("REID", "EMBED_DETECTIONS_FROM", "boxes"),)
+
+
 def model_identity(cfg, weights, *, seed=0):
     """What determines the embeddings: the model and input config, and the weights.
 
@@ -103,7 +107,12 @@ def model_identity(cfg, weights, *, seed=0):
     model_cfg.defrost()
     model_cfg.MODEL.WEIGHTS = ""
     model_cfg.MODEL.DEVICE = ""
-    model_cfg.MODEL.pop("CHANNELS_LAST", None)  # a speed setting; popped, identities from before it was added hold
+    model_cfg.MODEL.pop("CHANNELS_LAST", None)  # a speed setting (identities from before it was added hold)
+    # Keys added after the first indexes were built count only when set away from their defaults, so that an index
+    # built before a key existed keeps its identity.
+    for node, key, default in _KEYS_HASHED_WHEN_CHANGED:
+        if model_cfg.MODEL[node].get(key) == default:
+            model_cfg.MODEL[node].pop(key)
     # canonical JSON, not cfg.dump(): YAML anchors for shared lists differ between a config and its reloaded dump
     canonical = json.dumps({"MODEL": model_cfg.MODEL, "INPUT": model_cfg.INPUT}, sort_keys=True)
     config_sha = hashlib.sha256(canonical.encode()).hexdigest()
@@ -257,8 +266,9 @@ def _load_progress(output_dir, build_key):
     progress = _read_json(path)
     if progress.get("build_key") != build_key:
         raise SearchError(
-            f"{output_dir} holds a partial index built with other arguments (gallery, model, score threshold or "
-            f"batch size differ, see {path}); resume with the same arguments, or use another output directory"
+            f"{output_dir} holds a partial index built with other arguments (gallery, model, score threshold, "
+            f"batch size, precision or memory format differ, see {path}); resume with the same arguments, or use "
+            "another output directory"
         )
     shards = progress["shards"]
     start = shards[-1]["next_position"] if shards else 0
