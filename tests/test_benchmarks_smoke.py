@@ -26,6 +26,7 @@ def test_model_speed_tiny():
         assert {"name", "device", "config", "value", "unit", "bare_value", "machine"} <= set(r), r
         assert r["device"] == "cpu" and r["config"].endswith("oim_tiny_C4_cpu_instant_test.yaml")
         assert r["roi_heads"] == "ReIDRes5ROIHeads" and r["bare_roi_heads"] == "Res5ROIHeads"
+        assert r["embed_detections_from"] == "boxes" and r["overrides"] == [] and not r["channels_last"]
     by_name = {}
     for r in records:
         by_name.setdefault(r["name"], []).append(r)
@@ -59,6 +60,16 @@ def test_model_speed_fpn_channels_last():
     assert records[0]["roi_heads"] == "ReIDStandardROIHeads" and records[0]["bare_roi_heads"] == "StandardROIHeads"
     assert all(r["channels_last"] for r in records)
     assert records[3]["precision"] == "bf16 channels-last vs fp32" and records[3]["within_tolerance"]
+
+
+def test_model_speed_records_config_overrides():
+    overrides = ["MODEL.REID.EMBED_DETECTIONS_FROM", "proposals", "MODEL.CHANNELS_LAST", "True"]
+    records = run_script("model_speed.py", "--device", "cpu", "--config", TINY_CONFIG, "--height", "64", "--width",
+                         "96", "--batch", "1", "--iters", "1", "--warmup", "0", "--threads", "1", "--precisions",
+                         "fp32", "--benchmarks", "inference", *overrides)
+    assert [r["name"] for r in records] == ["inference.throughput", "inference.peak_memory"]
+    for r in records:
+        assert r["embed_detections_from"] == "proposals" and r["channels_last"] and r["overrides"] == overrides
 
 
 def test_index_speed_tiny():
