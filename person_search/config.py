@@ -67,8 +67,8 @@ def add_person_search_config(cfg):
     # Also evaluate with gallery embeddings computed on ground-truth boxes (the paper's "GT boxes" column).
     _C.TEST.PERSON_SEARCH.USE_GT_BOXES = False
 
-    # Mixed precision of the training forward pass: "" (fp32), "bf16" or "fp16" (torch.autocast; fp16 on CUDA adds
-    # a GradScaler). The OIM tables and logits stay fp32.
+    # Mixed precision of the training forward pass: "" (fp32), "bf16" or "fp16" (torch.autocast; fp16 adds a
+    # GradScaler, saved in checkpoints). The OIM tables and logits stay fp32.
     _C.SOLVER.AMP_DTYPE = ""
     # Mixed precision of inference (evaluation, `person_search index` / `query`): "" (fp32), "bf16" or "fp16".
     # Boxes, scores and embeddings are returned in fp32. How closely embeddings follow fp32 inference depends on the

@@ -108,6 +108,23 @@ def test_bf16_autocast_training_step(synthetic_cuhk_sysu, tmp_path):
     assert oim.lut.dtype == torch.float32 and torch.isfinite(oim.lut).all()
 
 
+def test_fp16_training_scales_the_loss_and_checkpoints_the_scaler(synthetic_cuhk_sysu, tmp_path):
+    _, prefix = synthetic_cuhk_sysu
+    cfg = trainer_cfg(prefix, tmp_path, "SOLVER.AMP_DTYPE", "fp16", "SOLVER.MAX_ITER", 2, "TEST.EVAL_PERIOD", 0)
+    trainer = PersonSearchTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.register_hooks([CrashAfter(-1)])
+    trainer.train()
+    scaler = trainer._trainer.grad_scaler
+    assert scaler is not None and scaler.get_scale() > 0
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    saved = torch.load(tmp_path / "model_0000001.pth", weights_only=True)["trainer"]["_trainer"]["grad_scaler"]
+    assert saved["scale"] == scaler.get_scale()
+    resumed = PersonSearchTrainer(cfg)
+    resumed.resume_or_load(resume=True)
+    assert resumed._trainer.grad_scaler.get_scale() == scaler.get_scale()
+
+
 def test_bf16_inference_evaluates_like_fp32(synthetic_cuhk_sysu, tmp_path):
     _, prefix = synthetic_cuhk_sysu
     results = {}

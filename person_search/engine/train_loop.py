@@ -18,8 +18,8 @@ def amp_dtype_from_config(cfg):
 class MixedPrecisionTrainer(SimpleTrainer):
     """SimpleTrainer whose forward pass may run under ``torch.autocast(dtype)``.
 
-    fp16 on CUDA uses a GradScaler; bf16 needs none. The identity losses keep their tables and logits in fp32.
-    The data loader can be replaced (``set_data_loader``) before training starts, which resuming uses to continue
+    fp16 adds a GradScaler on the model's device type (CUDA or CPU); bf16 needs none. The identity losses keep
+    their tables and logits in fp32. The data loader can be replaced (``set_data_loader``) before training starts, which resuming uses to continue
     the sample stream where the checkpoint left it.
     """
 
@@ -31,8 +31,8 @@ class MixedPrecisionTrainer(SimpleTrainer):
         self.amp_dtype = amp_dtype
         device_type = next(model.parameters()).device.type
         self._device_type = device_type
-        use_scaler = amp_dtype == torch.float16 and device_type == "cuda"
-        self.grad_scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        # fp16's gradients underflow without loss scaling; the scaler is saved in checkpoints (state_dict)
+        self.grad_scaler = torch.amp.GradScaler(device_type) if amp_dtype == torch.float16 else None
 
     def set_data_loader(self, data_loader):
         self.data_loader = data_loader
