@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements of benchmarks/README.md in one command, for one `device` tool call (4 minutes on an H100 on
-# 2026-11-26, the torch.compile run included, before the proposals-mode run was added: allow about 5). Most important first; each result file is complete when its run
-# ends, so a cut-off call keeps them.
+# 2026-11-26, the torch.compile run included, before the proposals-mode run and 3 rounds were added: allow 6-7).
+# Most important first; each result file is complete when its run ends, so a cut-off call keeps them.
 #
 # Here, once, with the project venv active (builds .whl/ for the GPU machine's Python 3.12):
 #   bash ../shared/tools/device-wheels.sh faiss-cpu
@@ -13,6 +13,7 @@ set -uo pipefail  # a failed measurement is reported and the next one still runs
 out=${OUT_DIR:?set OUT_DIR to the results folder}
 iters=${ITERS:-10}
 warmup=${WARMUP:-3}
+rounds=${ROUNDS:-3}  # the 900x1500 C4 comparisons: bare and ours alternately, medians (single ratios varied 10 %)
 mkdir -p "$out"
 export PYTHONPATH=$PWD  # benchmarks/*.py import person_search from the repository root
 if [ -d .whl ]; then
@@ -35,10 +36,10 @@ speed() {  # speed NAME [model_speed.py arguments]
 }
 
 c4_900=configs/CUHK-SYSU/oim_R_50_C4_cuhk_sysu_900x1500.yaml
-speed c4_900x1500 --config "$c4_900" --check                      # the comparison with SeqNet
-speed c4_900x1500_channels_last --config "$c4_900" --check --channels-last
+speed c4_900x1500 --config "$c4_900" --check --rounds "$rounds"   # the comparison with SeqNet
+speed c4_900x1500_channels_last --config "$c4_900" --check --channels-last --rounds "$rounds"
 speed c4_900x1500_proposals --config "$c4_900" --channels-last --precisions bf16 --benchmarks inference \
-  MODEL.REID.EMBED_DETECTIONS_FROM proposals                        # one res5 pass: the paper's test procedure
+  --rounds "$rounds" MODEL.REID.EMBED_DETECTIONS_FROM proposals    # one res5 pass: the paper's test procedure
 speed c4_600x1000 --check --benchmarks inference,query            # the default config, 600x1000
 speed fpn_900x1500 --config configs/CUHK-SYSU/oim_R_50_FPN_cuhk_sysu.yaml --height 900 --width 1500
 echo "== index" >&2

@@ -331,58 +331,84 @@ def _round(x):
 
 
 # -------------------------------------------------------------------------------------------- benchmarks
+def measure_pair(rounds, measure):
+    """``measure(name)`` for "bare" and "ours", ``rounds`` times, alternating which goes first (bare, ours, ours,
+    bare, ...) so that a machine speeding up or slowing down during the run affects both alike.
+
+    Returns {name: [result of each round]}.
+    """
+    results = {"bare": [], "ours": []}
+    for r in range(rounds):
+        for name in ("bare", "ours") if r % 2 == 0 else ("ours", "bare"):
+            results[name].append(measure(name))
+    return results
+
+
+def emit_pair(emit, name, values, unit, **extra):
+    """One line for a measurement of both models: the medians over rounds, and with several rounds each round's
+    ours/bare ratio (the spread shows the machine's noise)."""
+    ours, bare = values["ours"], values["bare"]
+    if len(ours) > 1:
+        extra["rounds"] = len(ours)
+        extra["round_ratios"] = [_round(o / b) for o, b in zip(ours, bare)]
+    emit(name, float(np.median(ours)), unit, float(np.median(bare)), **extra)
+
+
 def bench_train(args, models, meter, emit, cfg, device, gen):
     batches = training_batches(gen, 2, args.batch, args.height, args.width, device, num_identities(cfg))
     for precision in args.precisions:
-        results = {}
-        for name in ("bare", "ours"):
+
+        def measure(name):
             model = models.get(name).train()
             step, optimizer = train_step_fn(model, batches, device, precision, args.lr)
             with EventStorage():
                 seconds, peak = meter.run(step, args.warmup, args.iters)
             optimizer.zero_grad(set_to_none=True)
-            del optimizer
-            results[name] = (args.batch / seconds, peak)
+            return args.batch / seconds, peak
+
+        results = measure_pair(args.rounds, measure)
         common = dict(precision=precision, batch=args.batch, iters=args.iters, warmup=args.warmup, lr=args.lr)
-        emit("train.throughput", results["ours"][0], "img/s", results["bare"][0], **common)
-        emit("train.peak_memory", results["ours"][1], "MiB", results["bare"][1], memory_source=meter.memory_source,
-             **common)
+        emit_pair(emit, "train.throughput", {k: [r[0] for r in v] for k, v in results.items()}, "img/s", **common)
+        emit_pair(emit, "train.peak_memory", {k: [r[1] for r in v] for k, v in results.items()}, "MiB",
+                  memory_source=meter.memory_source, **common)
 
 
 def bench_inference(args, models, meter, emit, device, gen):
     for batch in sorted({1, args.batch}):
         batches = test_batches(gen, 2, batch, args.height, args.width, device)
         for precision in args.precisions:
-            results, detections = {}, {}
-            for name in ("bare", "ours"):
+
+            def measure(name):
                 model = models.get(name).eval()
                 set_score_thresh(model, args.score_thresh)
                 counts = []
 
-                def step(i, model=model, counts=counts):
+                def step(i):
                     with torch.no_grad(), autocast(device, precision):
                         outputs = model(batches[i % len(batches)])
                     counts.extend(len(o["instances"]) for o in outputs)
 
                 seconds, peak = meter.run(step, args.warmup, args.iters)
-                results[name] = (batch / seconds, peak)
-                detections[name] = float(np.mean(counts))
+                return batch / seconds, peak, float(np.mean(counts))
+
+            results = measure_pair(args.rounds, measure)
             common = dict(precision=precision, batch=batch, iters=args.iters, warmup=args.warmup,
                           score_thresh=args.score_thresh)
-            emit("inference.throughput", results["ours"][0], "img/s", results["bare"][0],
-                 detections_per_image=detections["ours"], bare_detections_per_image=detections["bare"], **common)
-            emit("inference.peak_memory", results["ours"][1], "MiB", results["bare"][1],
-                 memory_source=meter.memory_source, **common)
+            emit_pair(emit, "inference.throughput", {k: [r[0] for r in v] for k, v in results.items()}, "img/s",
+                      detections_per_image=results["ours"][0][2], bare_detections_per_image=results["bare"][0][2],
+                      **common)
+            emit_pair(emit, "inference.peak_memory", {k: [r[1] for r in v] for k, v in results.items()}, "MiB",
+                      memory_source=meter.memory_source, **common)
 
 
 def bench_query(args, models, meter, emit, device, gen):
     batches = query_batches(gen, 2, args.batch, args.height, args.width, device)
     for precision in args.precisions:
-        results = {}
-        for name in ("bare", "ours"):
+
+        def measure(name):
             model = models.get(name).eval()
 
-            def step(i, model=model, name=name):
+            def step(i):
                 inputs, boxes = batches[i % len(batches)]
                 given = given_instances(boxes, args.height, args.width)
                 with torch.no_grad(), autocast(device, precision):
@@ -391,10 +417,11 @@ def bench_query(args, models, meter, emit, device, gen):
                     assert all(o["instances"].pred_embeddings.shape[0] == 1 for o in outputs)
 
             seconds, _ = meter.run(step, args.warmup, args.iters)
-            results[name] = args.batch / seconds
-        emit("query_embedding.throughput", results["ours"], "queries/s", results["bare"], precision=precision,
-             batch=args.batch, iters=args.iters, warmup=args.warmup,
-             bare_note="bare: same call without an identity branch (backbone + given boxes only)")
+            return args.batch / seconds
+
+        emit_pair(emit, "query_embedding.throughput", measure_pair(args.rounds, measure), "queries/s",
+                  precision=precision, batch=args.batch, iters=args.iters, warmup=args.warmup,
+                  bare_note="bare: same call without an identity branch (backbone + given boxes only)")
 
 
 def reference_and_candidate(model, run, device, channels_last):
@@ -474,6 +501,9 @@ def parse_args(argv=None):
     parser.add_argument("--batch", type=int, default=4, help="images per training / batched inference step")
     parser.add_argument("--iters", type=int, default=20, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before each measurement")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure bare and ours this many times each, alternating which goes first; report "
+                             "medians and each round's ratio")
     parser.add_argument("--precisions", default="fp32,bf16", help="comma list of fp32, bf16 (autocast)")
     parser.add_argument("--benchmarks", default=",".join(BENCHMARKS), help=f"comma list of {', '.join(BENCHMARKS)}")
     parser.add_argument("--proposals", type=int, help="override MODEL.RPN.POST_NMS_TOPK_TEST")
@@ -501,8 +531,8 @@ def parse_args(argv=None):
     bad = [p for p in args.precisions if p not in PRECISIONS] + [b for b in args.benchmarks if b not in BENCHMARKS]
     if bad:
         parser.error(f"unknown precision/benchmark {bad}")
-    if args.iters < 1 or args.warmup < 0 or args.batch < 1:
-        parser.error("--iters and --batch must be >= 1, --warmup >= 0")
+    if args.iters < 1 or args.warmup < 0 or args.batch < 1 or args.rounds < 1:
+        parser.error("--iters, --batch and --rounds must be >= 1, --warmup >= 0")
     if args.compile and args.warmup < 1:
         parser.error("--compile needs --warmup >= 1 (the first call compiles)")
     if args.device == "cuda" and not torch.cuda.is_available():
