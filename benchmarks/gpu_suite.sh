@@ -13,7 +13,7 @@ set -uo pipefail  # a failed measurement is reported and the next one still runs
 out=${OUT_DIR:?set OUT_DIR to the results folder}
 iters=${ITERS:-10}
 warmup=${WARMUP:-3}
-rounds=${ROUNDS:-3}  # the 900x1500 C4 comparisons: bare and ours alternately, medians (single ratios varied 10 %)
+rounds=${ROUNDS:-3}  # the 900x1500 C4 comparisons: bare and ours alternately, medians (single ratios varied 14 %)
 mkdir -p "$out"
 export PYTHONPATH=$PWD  # benchmarks/*.py import person_search from the repository root
 if [ -d .whl ]; then
