@@ -97,24 +97,25 @@ def test_train_then_evaluate_writes_results(synthetic_cuhk_sysu, tmp_path):
     assert os.path.exists(tmp_path / "model_final.pth")
 
 
-def test_bf16_autocast_training_step(synthetic_cuhk_sysu, tmp_path):
-    _, prefix = synthetic_cuhk_sysu
-    cfg = trainer_cfg(prefix, tmp_path, "SOLVER.AMP_DTYPE", "bf16", "SOLVER.MAX_ITER", 1, "TEST.EVAL_PERIOD", 0)
+def train_with_amp(prefix, output_dir, amp_dtype, iterations):
+    """(cfg, trainer) after a fresh run of ``iterations`` steps under SOLVER.AMP_DTYPE ``amp_dtype``."""
+    cfg = trainer_cfg(prefix, output_dir, "SOLVER.AMP_DTYPE", amp_dtype, "SOLVER.MAX_ITER", iterations,
+                      "TEST.EVAL_PERIOD", 0)
     trainer = PersonSearchTrainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.register_hooks([CrashAfter(-1)])
     trainer.train()
+    return cfg, trainer
+
+
+def test_bf16_autocast_training_step(synthetic_cuhk_sysu, tmp_path):
+    _, trainer = train_with_amp(synthetic_cuhk_sysu[1], tmp_path, "bf16", 1)
     oim = trainer.model.roi_heads.identity_loss
     assert oim.lut.dtype == torch.float32 and torch.isfinite(oim.lut).all()
 
 
 def test_fp16_training_scales_the_loss_and_checkpoints_the_scaler(synthetic_cuhk_sysu, tmp_path):
-    _, prefix = synthetic_cuhk_sysu
-    cfg = trainer_cfg(prefix, tmp_path, "SOLVER.AMP_DTYPE", "fp16", "SOLVER.MAX_ITER", 2, "TEST.EVAL_PERIOD", 0)
-    trainer = PersonSearchTrainer(cfg)
-    trainer.resume_or_load(resume=False)
-    trainer.register_hooks([CrashAfter(-1)])
-    trainer.train()
+    cfg, trainer = train_with_amp(synthetic_cuhk_sysu[1], tmp_path, "fp16", 2)
     scaler = trainer._trainer.grad_scaler
     assert scaler is not None and scaler.get_scale() > 0
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
