@@ -62,7 +62,8 @@ QUERIES = [
 ]
 
 
-def write_testg(annotation, k, queries):
+def make_testg_struct(queries):
+    """The TestG<k> struct array for scipy's savemat: (query image, query box, [(gallery image, box or None)])."""
     records = []
     for imname, idlocate, gallery in queries:
         query = struct([{"imname": text(imname), "idlocate": idlocate, "ishard": np.array([[0.0]]),
@@ -70,8 +71,11 @@ def write_testg(annotation, k, queries):
         entries = [{"imname": text(g), "idlocate": np.zeros((0, 0)) if b is None else b,
                     "ishard": np.zeros((0, 0)) if b is None else np.array([[0.0]])} for g, b in gallery]
         records.append({"Query": query, "Gallery": struct(entries, ["imname", "idlocate", "ishard"])})
-    savemat(os.path.join(annotation, "test", "train_test", f"TestG{k}.mat"),
-            {f"TestG{k}": struct(records, ["Query", "Gallery"])})
+    return struct(records, ["Query", "Gallery"])
+
+
+def write_testg(annotation, k, queries):
+    savemat(os.path.join(annotation, "test", "train_test", f"TestG{k}.mat"), {f"TestG{k}": make_testg_struct(queries)})
 
 
 def write_subset(annotation, file_name, key, queries, extra_fields):
@@ -313,17 +317,8 @@ def _write_testg_variants(folder, writer, k=7):
     path = os.path.join(folder, f"TestG{k}.mat")
     extra = {"before": np.arange(12.0).reshape(3, 4), "note": np.array(["ignored"])}
     if writer in ("scipy", "scipy-compressed"):
-        annotation = folder
-        records = []
-        for imname, idlocate, gallery in STREAM_QUERIES:
-            query = struct([{"imname": text(imname), "idlocate": idlocate, "ishard": np.array([[0.0]]),
-                             "idname": text("p1")}], ["imname", "idlocate", "ishard", "idname"])
-            entries = [{"imname": text(g), "idlocate": np.zeros((0, 0)) if b is None else b,
-                        "ishard": np.zeros((0, 0)) if b is None else np.array([[0.0]])} for g, b in gallery]
-            records.append({"Query": query, "Gallery": struct(entries, ["imname", "idlocate", "ishard"])})
         # Other variables before and after the protocol: the reader skips them without decoding.
-        savemat(os.path.join(annotation, f"TestG{k}.mat"),
-                dict(extra, **{f"TestG{k}": struct(records, ["Query", "Gallery"])}, after=np.ones((2, 2))),
+        savemat(path, dict(extra, **{f"TestG{k}": make_testg_struct(STREAM_QUERIES)}, after=np.ones((2, 2))),
                 do_compression=writer == "scipy-compressed")
     elif writer == "synthetic":
         rows = [(struct([{"imname": text(q), "idlocate": b, "ishard": np.array([[0]], np.uint8),
