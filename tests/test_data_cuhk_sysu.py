@@ -226,6 +226,38 @@ def test_malformed_idlocate_names_the_record(tmp_path):
         load_cuhk_sysu(str(root), "train")
 
 
+def test_non_numeric_idlocate_names_the_record(tmp_path):
+    root = tmp_path / "CUHK-SYSU"
+    (root / "annotation").mkdir(parents=True)
+    box = struct([{"idlocate": text("abcd"), "ishard": np.array([[0]])}], ["idlocate", "ishard"])
+    image = {"imname": text("s1.jpg"), "nAppear": np.array([[1]]), "box": box}
+    savemat(root / "annotation" / "Images.mat", {"Img": struct([image], ["imname", "nAppear", "box"])})
+    savemat(root / "annotation" / "pool.mat", {"pool": cell([text("s1.jpg")], (1, 1))})
+    with pytest.raises(ValueError, match=r"Images.mat, Img\(1\)\.box\(1\)\.idlocate: expected numbers"):
+        load_cuhk_sysu(str(root), "train")
+
+
+def test_testg_files_must_list_the_queries_of_testg50_in_its_order(root):
+    # The query set comes from TestG50; entry i of TestG100 would silently belong to another query.
+    write_testg(os.path.join(root, "annotation"), 100, list(reversed(QUERIES)))
+    with pytest.raises(ValueError, match=r"TestG100.mat: query 1 is \('s5.jpg'.*TestG50.mat has \('s3.jpg'"):
+        cuhk_sysu_search_protocol(root, 100)
+
+
+def test_registering_again_points_the_names_at_another_root(root):
+    from person_search.data import register_person_search_datasets
+
+    default_root = MetadataCatalog.get("cuhk_sysu_train").dataset_root
+    try:
+        register_person_search_datasets(os.path.dirname(root))  # the import registered these names already
+        assert MetadataCatalog.get("cuhk_sysu_train").dataset_root == root
+        assert MetadataCatalog.get("prw_gallery").query_dataset == "prw_query"
+        assert len(DatasetCatalog.get("cuhk_sysu_train")) == 1
+    finally:
+        register_person_search_datasets(os.path.dirname(default_root))
+    assert MetadataCatalog.get("cuhk_sysu_train").dataset_root == default_root
+
+
 def test_registration_reads_from_the_catalog(root):
     meta = MetadataCatalog.get("cuhk_sysu_gallery")
     assert meta.evaluator_type == "person_search" and meta.protocol == "cuhk_sysu"
@@ -454,8 +486,10 @@ def _reparse(root, k):
 def test_protocol_cache(root, cache_dir, monkeypatch):
     before = sorted(os.listdir(os.path.join(root, "annotation", "test", "train_test")))
     expected = _reparse(root, 100)
-    files = os.listdir(cache_dir)
-    assert len(files) == 1 and files[0].startswith("cuhk_sysu_TestG100_") and files[0].endswith(".npz")
+    # TestG100 and TestG50 (its queries are checked against TestG50's), each in its own file
+    files = sorted(os.listdir(cache_dir), key=lambda f: "TestG100" not in f)
+    assert len(files) == 2 and files[0].startswith("cuhk_sysu_TestG100_") and files[1].startswith("cuhk_sysu_TestG50_")
+    assert all(f.endswith(".npz") for f in files)
     assert sorted(os.listdir(os.path.join(root, "annotation", "test", "train_test"))) == before
     with np.load(cache_dir / files[0], allow_pickle=False) as saved:  # plain arrays, no pickled objects
         assert saved["gallery"].dtype == np.int32
@@ -471,23 +505,23 @@ def test_protocol_cache(root, cache_dir, monkeypatch):
     for c, e in zip(cached, expected):
         np.testing.assert_array_equal(c["positive_boxes"], e["positive_boxes"])
         assert c["positive_boxes"].dtype == np.float32
-    assert len(load_cuhk_sysu(root, "query")) == 2  # TestG50 is parsed and cached on its own
+    assert len(load_cuhk_sysu(root, "query")) == 2  # from the cached TestG50
     assert len(os.listdir(cache_dir)) == 2
 
 
 def test_cache_is_refreshed_when_the_file_changes(root, cache_dir):
     assert _reparse(root, 100)[0]["gallery"] == ["s4.jpg", "s5.jpg", "s6.jpg"]
     annotation = os.path.join(root, "annotation")
-    write_testg(annotation, 100, [(q, b, list(reversed(g))) for q, b, g in QUERIES[::-1]])
+    write_testg(annotation, 100, QUERIES)  # the negatives in another order
     path = os.path.join(annotation, "test", "train_test", "TestG100.mat")
     os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10 ** 9))
-    assert _reparse(root, 100)[0]["gallery"] == ["s3.jpg", "s6.jpg", "s4.jpg"]
-    assert len(os.listdir(cache_dir)) == 2
+    assert _reparse(root, 100)[0]["gallery"] == ["s4.jpg", "s6.jpg", "s5.jpg"]
+    assert len(os.listdir(cache_dir)) == 3  # TestG50, and TestG100 before and after the change
 
 
 def test_damaged_cache_file_is_ignored(root, cache_dir, caplog):
     expected = _reparse(root, 100)
-    (cache_file,) = cache_dir.iterdir()
+    (cache_file,) = cache_dir.glob("cuhk_sysu_TestG100_*")
     cache_file.write_bytes(b"not an npz")
     with caplog.at_level(logging.WARNING):
         reparsed = _reparse(root, 100)

@@ -81,7 +81,8 @@ def test_query_split_crlf(root):
         ("c3s2_044587.jpg", 605, 0, 3),
         ("c6s1_000010.jpg", 605, 1, 6),
     ]
-    np.testing.assert_allclose(queries[0]["query_box"], [0.0, 295.5756, 74.6436, 295.5756 + 338.2289])
+    # Query boxes are [x, y, x + w, y + h] cut at 0 (not shifted like the annotations): x2 = -1.7030 + 74.6436.
+    np.testing.assert_allclose(queries[0]["query_box"], [0.0, 295.5756, 72.9406, 295.5756 + 338.2289])
     assert queries[1]["query_box"] == [100.0, 100.0, 120.0, 140.0]
     assert (queries[0]["height"], queries[0]["width"]) == (48, 67)
 
@@ -111,3 +112,26 @@ def test_missing_files(root, tmp_path):
     os.remove(os.path.join(root, "annotations", "c6s1_000010.jpg.mat"))
     with pytest.raises(FileNotFoundError, match="c6s1_000010.jpg.mat"):
         load_prw(root, "gallery")
+
+
+@pytest.mark.parametrize("value, problem", [
+    (np.array(["abcde"]), "expected numbers, got a MATLAB value of type <U5"),
+    (np.array([[605, np.nan, 10, 5, 5]]), "expected finite numbers"),
+])
+def test_malformed_annotation_values_name_the_file(root, value, problem):
+    savemat(os.path.join(root, "annotations", "c6s1_000010.jpg.mat"), {"box_new": value})
+    with pytest.raises(ValueError, match=rf"c6s1_000010.jpg.mat, 'box_new': {problem}"):
+        load_prw(root, "gallery")
+
+
+def test_training_ids_must_be_non_negative_integers(root):
+    savemat(os.path.join(root, "ID_train.mat"), {"ID_train": np.array([[-2, 7, 483]], dtype=np.float64)})
+    with pytest.raises(ValueError, match=r"ID_train.mat: expected a non-empty vector of integer person ids >= 0"):
+        prw_num_labeled(root)
+
+
+def test_non_finite_query_box_names_file_and_line(root):
+    with open(os.path.join(root, "query_info.txt"), "ab") as f:
+        f.write(b"605 nan 2 3 4 c1s1_000151\r\n")
+    with pytest.raises(ValueError, match=r"query_info.txt, line 3: .*non-finite box"):
+        load_prw(root, "query")

@@ -245,6 +245,21 @@ def test_nan_features(cuhk):
         _evaluate_with(cuhk, dets=dets)
     with pytest.raises(ValueError, match="query_id 1: embedding has NaN"):
         _evaluate_with(cuhk, query_emb={0: 0, 1: [float("nan"), 1.0]})
+    # A NaN score fails every comparison with det_thresh: it must be reported, not dropped as a low score.
+    dets = dict(CUHK_DETS, g2=[(P, float("nan"), 0)])
+    with pytest.raises(ValueError, match="gallery image 'g2': scores contain NaN"):
+        _evaluate_with(cuhk, dets=dets)
+
+
+def test_empty_gallery_is_an_error():
+    name = f"test_empty_{uuid.uuid4().hex}"
+    gallery = _register(name, [], CUHK_QUERIES, protocol="prw")
+    try:
+        evaluator = _feed(PersonSearchEvaluator(gallery), [], {}, CUHK_QUERIES, CUHK_QUERY_EMB)
+        with pytest.raises(ValueError, match=f"gallery '{gallery}' has no images"):
+            evaluator.evaluate()
+    finally:
+        _unregister(name)
 
 
 def test_query_without_embedding(cuhk):

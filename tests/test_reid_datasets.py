@@ -73,6 +73,11 @@ def test_bad_names_and_missing_folders(tmp_path):
     _write_crops(root / "query", ["0004_c1s1_000401_00.jpg", "img_001.jpg"])
     with pytest.raises(ValueError, match=r"img_001\.jpg: expected a Market-1501 crop name"):
         load_market1501(str(root), "query")
+    for i, bad in enumerate(["1-2_c1s1_000401_00.jpg", "-_c1s1_000401_00.jpg"]):  # digits and dashes, no pid
+        other = tmp_path / f"Market{i}"
+        _write_crops(other / "query", [bad])
+        with pytest.raises(ValueError, match=rf"{bad}: expected a Market-1501 crop name"):
+            load_market1501(str(other), "query")
     with pytest.raises(FileNotFoundError, match=r"bounding_box_train.*datasets/README.md"):
         load_market1501(str(root), "train")
     with pytest.raises(ValueError, match="unknown split 'test'"):
@@ -263,6 +268,8 @@ def test_cuhk03_classic_evaluation_uses_the_single_gallery_shot_cmc(tmp_path):
         evaluator.process(records, outputs)
     results = evaluator.evaluate()["reid"]
     assert results["rank1"] == pytest.approx(100.0) and results["mAP"] == pytest.approx(100.0)
+    with pytest.raises(ValueError, match=f"'{prefix}_query' is a re-ID set without a query set.*gallery split"):
+        PersonSearchTrainer.build_evaluator(tiny_cfg(), f"{prefix}_query")
 
 
 # -------------------------------------------------------------------------------------------- registration

@@ -219,6 +219,8 @@ def test_evaluator_checks_completeness(case_a_datasets):
     evaluator.reset()
     with pytest.raises(ValueError, match="reid_split"):
         evaluator.process([{"image_id": "x.jpg"}], [{"embedding": g_emb[0]}])
+    with pytest.raises(KeyError, match="the output for 'g0.jpg' has no 'embedding'"):
+        evaluator.process(gallery[:1], [{"loss_reid": g_emb[0]}])
 
 
 def test_evaluator_single_gallery_shot_matches_function(case_a_datasets):

@@ -8,8 +8,9 @@ it is added to the train metadata at that point (``cuhk_sysu_num_labeled`` / ``p
 import functools
 import os
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import MetadataCatalog
 
+from .catalog import register_dataset
 from .cuhk_sysu import GALLERY_SIZES, cuhk_sysu_num_labeled, cuhk_sysu_search_protocol, load_cuhk_sysu
 from .prw import load_prw, prw_num_labeled
 
@@ -30,12 +31,11 @@ def _register(prefix, dataset_root, loader, num_labeled, protocol=None):
     protocol = protocol or prefix
     common = {"evaluator_type": EVALUATOR_TYPE, "thing_classes": ["person"], "dataset_root": dataset_root}
     train, query, gallery = f"{prefix}_train", f"{prefix}_query", f"{prefix}_gallery"
-    DatasetCatalog.register(train, functools.partial(_load_train, train, dataset_root, loader, num_labeled))
-    MetadataCatalog.get(train).set(**common)
-    DatasetCatalog.register(query, functools.partial(loader, dataset_root, "query"))
-    MetadataCatalog.get(query).set(protocol=protocol, **common)
-    DatasetCatalog.register(gallery, functools.partial(loader, dataset_root, "gallery"))
-    MetadataCatalog.get(gallery).set(protocol=protocol, query_dataset=query, **common)
+    register_dataset(train, functools.partial(_load_train, train, dataset_root, loader, num_labeled), **common)
+    register_dataset(query, functools.partial(loader, dataset_root, "query"), protocol=protocol, **common)
+    register_dataset(
+        gallery, functools.partial(loader, dataset_root, "gallery"), protocol=protocol, query_dataset=query, **common
+    )
 
 
 def register_cuhk_sysu(root, prefix="cuhk_sysu", folder="CUHK-SYSU"):
@@ -55,6 +55,9 @@ def register_prw(root, prefix="prw", folder="PRW"):
 
 def register_person_search_datasets(root=None):
     """Register the CUHK-SYSU and PRW splits with data under ``root``. Nothing is read from disk here.
+
+    Importing ``person_search`` calls this with the default root; calling it again re-registers the same names
+    under another root.
 
     ``root`` defaults to ``$DETECTRON2_DATASETS`` or ``datasets``, as for detectron2's builtin datasets.
     """

@@ -22,7 +22,7 @@ import numpy as np
 from detectron2.structures import BoxMode
 
 from .mat_stream import MatStreamError, StringTable, leaf_headers, leaf_numeric, open_struct, struct_field_offsets
-from .mat_utils import image_size, load_mat_variable, mat_string, require_path
+from .mat_utils import image_size, load_mat_variable, mat_numbers, mat_string, require_path
 
 __all__ = ["SPLITS", "GALLERY_SIZES", "load_cuhk_sysu", "cuhk_sysu_search_protocol", "cuhk_sysu_num_labeled"]
 
@@ -65,7 +65,7 @@ def _single_record(value, where):
 
 def _xywh(value, where):
     """(x, y, w, h) of one ``idlocate`` value as a float64 tuple (cast before any arithmetic: uint8 overflow)."""
-    box = np.asarray(value, dtype=np.float64).reshape(-1)
+    box = mat_numbers(value, where).reshape(-1)
     if box.size != 4:
         raise ValueError(f"{where}: expected idlocate = (x, y, w, h), got {box.size} numbers")
     return tuple(box.tolist())
@@ -362,11 +362,27 @@ def _xyxy(xywh, dtype=np.float64):
     return np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1).astype(dtype)
 
 
+def _check_query_order(root, gallery_size, queries50):
+    """Protocol of TestG<gallery_size>, after checking that it lists TestG50's queries in TestG50's order (the
+    query set is read from TestG50, and protocol entry i belongs to query i)."""
+    queries, _, protocol = _testg(root, gallery_size)
+    if queries != queries50:
+        i = next((i for i, (a, b) in enumerate(zip(queries, queries50)) if a != b), min(len(queries), len(queries50)))
+        found = queries[i] if i < len(queries) else "no query"
+        expected = queries50[i] if i < len(queries50) else "no query"
+        raise ValueError(
+            f"{_testg_path(root, gallery_size)}: query {i + 1} is {found}, but TestG50.mat has {expected} there "
+            f"({len(queries)} vs {len(queries50)} queries); every TestG file must list the same queries in the "
+            "same order"
+        )
+    return protocol
+
+
 @functools.lru_cache(maxsize=None)
 def _search_protocol(root, gallery_size):
-    if gallery_size != FULL_GALLERY:
-        return _testg(root, gallery_size)[2]
     queries, _, protocol50 = _testg(root, 50)
+    if gallery_size != FULL_GALLERY:
+        return _check_query_order(root, gallery_size, queries)
     pool = _pool(root)
     positions = {}  # name -> its positions in pool.mat
     for i, name in enumerate(pool):
@@ -391,7 +407,8 @@ def cuhk_sysu_search_protocol(root, gallery_size):
 
     Returns one dict per query: ``{"gallery": [image_id, ...], "positive_boxes": float32 (n, 4)}``, where the
     first n gallery images contain the query person at ``positive_boxes`` (x1y1x2y2). ``gallery_size`` is one of
-    :data:`GALLERY_SIZES` (parses only ``TestG<k>.mat``) or -1: positives of TestG50 followed by every other pool
+    :data:`GALLERY_SIZES` (parses ``TestG<k>.mat`` and ``TestG50.mat``, and checks that both list the same queries
+    in the same order) or -1: positives of TestG50 followed by every other pool
     image except the query image. Parsed once per (root, size); the returned list is shared: do not modify it.
     Reads only annotation files (no image is needed).
     """

@@ -5,7 +5,9 @@ import numpy as np
 from PIL import Image
 from scipy.io import loadmat
 
-__all__ = ["LAYOUT_HINT", "require_path", "load_mat_variable", "mat_string", "mat_strings", "image_size"]
+__all__ = [
+    "LAYOUT_HINT", "require_path", "load_mat_variable", "mat_numbers", "mat_string", "mat_strings", "image_size"
+]
 
 LAYOUT_HINT = "see datasets/README.md for where to get the dataset and the expected folder layout"
 
@@ -32,6 +34,19 @@ def load_mat_variable(path, key, what):
         found = sorted(k for k in variables if not k.startswith("__"))
         raise ValueError(f"{path}: expected MATLAB variable {key!r} in {what}, found {found}")
     return variables[key]
+
+
+def mat_numbers(value, where):
+    """A MATLAB numeric value as a float64 array, or a ValueError naming ``where`` if it is not finite numbers
+    (a char or cell value where numbers belong, NaN or infinity)."""
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        kind = np.asarray(value).dtype
+        raise ValueError(f"{where}: expected numbers, got a MATLAB value of type {kind}") from None
+    if not np.isfinite(array).all():
+        raise ValueError(f"{where}: expected finite numbers, got {array.reshape(-1).tolist()[:8]}")
+    return array
 
 
 def mat_string(value, where):

@@ -15,7 +15,7 @@ import numpy as np
 from detectron2.structures import BoxMode
 from scipy.io import loadmat
 
-from .mat_utils import image_size, load_mat_variable, mat_strings, require_path
+from .mat_utils import image_size, load_mat_variable, mat_numbers, mat_strings, require_path
 
 __all__ = ["SPLITS", "load_prw", "prw_num_labeled", "resolve_prw_root", "camera_id"]
 
@@ -67,9 +67,9 @@ def _frames(root, split):
 def _train_ids(root):
     """Sorted raw pids of ID_train.mat."""
     path = os.path.join(root, "ID_train.mat")
-    ids = np.asarray(load_mat_variable(path, "ID_train", "the PRW training identities"), dtype=np.float64)
-    if ids.size == 0 or np.any(ids != np.round(ids)):
-        raise ValueError(f"{path}: expected a non-empty vector of integer person ids")
+    ids = mat_numbers(load_mat_variable(path, "ID_train", "the PRW training identities"), f"{path}, ID_train")
+    if ids.size == 0 or np.any(ids != np.round(ids)) or np.any(ids < 0):
+        raise ValueError(f"{path}: expected a non-empty vector of integer person ids >= 0")
     return tuple(sorted(set(int(i) for i in ids.reshape(-1))))
 
 
@@ -89,7 +89,7 @@ def _read_annotation(path):
     if key is None:
         found = sorted(k for k in variables if not k.startswith("__"))
         raise ValueError(f"{path}: expected one of the variables {ANNOTATION_KEYS}, found {found}")
-    rows = np.asarray(variables[key], dtype=np.float64)
+    rows = mat_numbers(variables[key], f"{path}, {key!r}")
     if rows.size == 0:
         rows = rows.reshape(0, 5)
     if rows.ndim != 2 or rows.shape[1] != 5:
@@ -152,10 +152,13 @@ def _parse_query_line(line, where):
         if len(tokens) != 6:
             raise ValueError(f"{len(tokens)} fields")
         pid = int(tokens[0])
-        xywh = np.array([float(t) for t in tokens[1:5]], dtype=np.float64).reshape(1, 4)
+        x, y, w, h = (float(t) for t in tokens[1:5])
+        if not np.isfinite([x, y, w, h]).all():
+            raise ValueError("non-finite box")
     except ValueError as e:
         raise ValueError(f"{where}: expected 'pid x y w h frame', got {line.strip()!r} ({e})") from None
-    return pid, _clip_xywh_to_xyxy(xywh)[0].tolist(), tokens[5]
+    # Unlike the annotations, query boxes are cut at the image border: x2 = x + w from the unclipped x.
+    return pid, np.maximum([x, y, x + w, y + h], 0.0).tolist(), tokens[5]
 
 
 def _load_query(root):

@@ -16,9 +16,10 @@ import os
 import re
 
 import numpy as np
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import MetadataCatalog
 from scipy.io import loadmat
 
+from .catalog import register_dataset
 from .mat_utils import LAYOUT_HINT, image_size, mat_strings, require_path
 
 __all__ = [
@@ -44,7 +45,7 @@ MARKET1501_CROP_SIZE = (128, 64)
 # Folders of the Market-1501 style releases, per split.
 _MARKET_STYLE_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 # "0001_c1s1_001051_00.jpg" (Market-1501), "0005_c2_f0046985.jpg" (DukeMTMC-reID), "-1_c3s2_..." (junk).
-_MARKET_STYLE_NAME = re.compile(r"^([-\d]+)_c(\d)")
+_MARKET_STYLE_NAME = re.compile(r"^(-1|\d+)_c(\d)")
 # CUHK03 images extracted from cuhk-03.mat: "{camera pair}_{pid:03d}_{view}_{image:02d}.png", all 1-based.
 _CUHK03_NAME = re.compile(r"^(\d+)_(\d+)_([12])_(\d+)\.png$")
 CUHK03_SUBSETS = ("labeled", "detected")
@@ -344,14 +345,12 @@ def register_reid_splits(prefix, dataset_root, loader, *, cuhk03_single_gallery_
         return loader(dataset_root, split, **loader_kwargs)
 
     names = {split: f"{prefix}_{split}" for split in SPLITS}
-    DatasetCatalog.register(names["train"], functools.partial(_load_train, names["train"], load_split))
-    DatasetCatalog.register(names["query"], functools.partial(load_split, "query"))
-    DatasetCatalog.register(names["gallery"], functools.partial(load_split, "gallery"))
-    for name in names.values():
-        MetadataCatalog.get(name).set(evaluator_type=EVALUATOR_TYPE, dataset_root=dataset_root)
-    MetadataCatalog.get(names["query"]).set(gallery_dataset=names["gallery"])
-    MetadataCatalog.get(names["gallery"]).set(
-        query_dataset=names["query"], cuhk03_single_gallery_shot=cuhk03_single_gallery_shot
+    common = {"evaluator_type": EVALUATOR_TYPE, "dataset_root": dataset_root}
+    register_dataset(names["train"], functools.partial(_load_train, names["train"], load_split), **common)
+    register_dataset(names["query"], functools.partial(load_split, "query"), gallery_dataset=names["gallery"], **common)
+    register_dataset(
+        names["gallery"], functools.partial(load_split, "gallery"), query_dataset=names["query"],
+        cuhk03_single_gallery_shot=cuhk03_single_gallery_shot, **common,
     )
 
 
@@ -359,7 +358,8 @@ def register_reid_datasets(root=None):
     """Register market1501_*, dukemtmc_*, cuhk03_* (labeled), cuhk03_detected_* and the classic protocol's
     cuhk03_classic_split{0..19}_* (labeled) and cuhk03_classic_detected_split{0..19}_* under ``root``.
 
-    ``root`` defaults to ``$DETECTRON2_DATASETS`` or ``datasets``. Nothing is read from disk here.
+    ``root`` defaults to ``$DETECTRON2_DATASETS`` or ``datasets``. Nothing is read from disk here. Importing
+    ``person_search`` calls this with the default root; calling it again re-registers the same names.
     """
     if root is None:
         root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))

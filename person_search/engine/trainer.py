@@ -160,8 +160,14 @@ class PersonSearchTrainer(DefaultTrainer):
         if evaluator_type == "reid":
             from person_search.evaluation.reid_evaluation import ReIDEvaluator
 
+            query_dataset = getattr(meta, "query_dataset", None)
+            if query_dataset is None:
+                raise ValueError(
+                    f"dataset '{dataset_name}' is a re-ID set without a query set in its metadata: put the gallery "
+                    "split (e.g. market1501_gallery) in DATASETS.TEST"
+                )
             return ReIDEvaluator(
-                meta.query_dataset,
+                query_dataset,
                 dataset_name,
                 cuhk03_single_gallery_shot=getattr(meta, "cuhk03_single_gallery_shot", False),
             )

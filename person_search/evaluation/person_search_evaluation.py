@@ -130,8 +130,9 @@ class PersonSearchEvaluator(DatasetEvaluator):
                 )
                 continue
             scores = _numpy(instances.scores)
-            # Only kept detections matter to both protocols; dropping the rest bounds memory.
-            keep = scores >= self._det_thresh
+            # Only kept detections matter to both protocols; dropping the rest bounds memory. Non-finite scores
+            # stay, so that evaluate() names the image instead of the comparison dropping a NaN silently.
+            keep = (scores >= self._det_thresh) | ~np.isfinite(scores)
             self._gallery.append(
                 {
                     "image_id": record["image_id"],
@@ -150,6 +151,8 @@ class PersonSearchEvaluator(DatasetEvaluator):
             if not comm.is_main_process():
                 return {}
         gallery_dicts = DatasetCatalog.get(self._gallery_name)
+        if not gallery_dicts:
+            raise ValueError(f"gallery '{self._gallery_name}' has no images: nothing to search")
         query_dicts = sorted(DatasetCatalog.get(self._query_name), key=lambda d: d["query_id"])
 
         query_embeddings = self._query_embeddings(queries, query_dicts)

@@ -220,6 +220,10 @@ def evaluate_reid_distances(distmat, q_pids, g_pids, q_camids, g_camids, *, max_
                             single_gallery_shot=False, num_repeats=10, seed=0):
     """CMC, mAP and mINP of a (num_queries, num_gallery) distance matrix (smaller = closer).
 
+    Gallery entries of the query's person seen by the query's camera are left out (the Market-1501 rule); every
+    other entry counts, whatever its pid. Market-1501's junk crops (pid -1) must be dropped before, as the dataset
+    loaders do: here they would count as wrong matches.
+
     Returns:
         dict with ``cmc`` (max_rank,) float array (``cmc[k - 1]`` = rank-k), ``mAP``, ``mINP`` (fractions in
         [0, 1], over the valid queries), ``num_valid_queries`` and ``num_queries``.
@@ -309,6 +313,11 @@ class ReIDEvaluator(DatasetEvaluator):
                 raise ValueError(
                     f"ReIDEvaluator: record '{record.get('image_id')}' has reid_split {split!r}, expected 'query' "
                     "or 'gallery' (use the records of the re-ID dataset loaders)"
+                )
+            if "embedding" not in output:
+                raise KeyError(
+                    f"ReIDEvaluator: the output for '{record.get('image_id')}' has no 'embedding' (keys: "
+                    f"{sorted(output)}); run the model in eval mode (ReIDCropNet returns {{'embedding': (D,)}})"
                 )
             embedding = output["embedding"].detach().to("cpu", torch.float32).numpy()
             self._records.append((split, record["image_id"], embedding))
