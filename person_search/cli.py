@@ -5,6 +5,7 @@ import os
 import sys
 
 from .precision import PRECISION_FLAGS
+from .search.cli_commands import fail
 
 __all__ = ["main", "build_parser"]
 
@@ -76,11 +77,10 @@ def _evaluate_command(args):
     from detectron2.checkpoint import DetectionCheckpointer
 
     from .engine import PersonSearchTrainer
-    from .search import load_search_config
+    from .search import SearchError, load_search_config
 
     if not os.path.isfile(args.weights):
-        print(f"person-search: error: weights file {args.weights} does not exist", file=sys.stderr)
-        return 2
+        return fail(f"weights file {args.weights} does not exist")
     opts = list(args.opts)
     if args.gallery_size is not None:
         opts += ["TEST.PERSON_SEARCH.GALLERY_SIZE", args.gallery_size]
@@ -95,10 +95,16 @@ def _evaluate_command(args):
     if args.batch_size is not None:
         opts += ["TEST.PERSON_SEARCH.IMS_PER_BATCH", args.batch_size]
     _setup_logging()
-    cfg = load_search_config(args.config, opts)
+    try:
+        cfg = load_search_config(args.config, opts)
+    except (SearchError, FileNotFoundError) as e:
+        return fail(e)
     model = PersonSearchTrainer.build_model(cfg)
     DetectionCheckpointer(model).load(args.weights)
-    results = PersonSearchTrainer.test(cfg, model)
+    try:
+        results = PersonSearchTrainer.test(cfg, model)
+    except FileNotFoundError as e:  # the loaders name the missing dataset file and the expected layout
+        return fail(e)
     print(json.dumps(results, indent=2))
     return 0
 

@@ -63,7 +63,7 @@ def run_demo(output_dir="demo_output", *, config_file=DEMO_CONFIG, seed=0, prese
     folder registered as ``synthetic_cuhk_sysu_*`` (``$DETECTRON2_DATASETS/synthetic/CUHK-SYSU``).
     """
     from person_search.engine import PersonSearchTrainer
-    from person_search.search import build_index, load_search_config, search_person
+    from person_search.search import build_index, load_search_config, remove_index, search_person
 
     start = time.perf_counter()
     output_dir = os.path.abspath(output_dir)  # the summary names files by absolute path
@@ -96,7 +96,7 @@ def run_demo(output_dir="demo_output", *, config_file=DEMO_CONFIG, seed=0, prese
         if not os.path.exists(target):
             shutil.copyfile(record["file_name"], target)
     index_dir = os.path.join(output_dir, "index")
-    shutil.rmtree(index_dir, ignore_errors=True)  # the weights changed: index afresh
+    remove_index(index_dir)  # the weights changed: index afresh (refused if the folder holds no index)
     index = build_index(cfg, weights, gallery_dir, index_dir, config_path=config_file)
 
     query = DatasetCatalog.get(f"{DATASET_PREFIX}_query")[0]

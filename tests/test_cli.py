@@ -49,6 +49,11 @@ def test_evaluate_refuses_a_missing_weights_file(tmp_path):
     out = run_cli("evaluate", "--config", config, "--weights", str(tmp_path / "nope.pth"), cwd=tmp_path)
     assert out.returncode == 2
     assert "nope.pth does not exist" in out.stderr
+    weights = tmp_path / "model.pth"
+    weights.write_bytes(b"")
+    out = run_cli("evaluate", "--config", str(tmp_path / "nope.yaml"), "--weights", str(weights), cwd=tmp_path)
+    assert out.returncode == 2 and "config file" in out.stderr and "nope.yaml does not exist" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 def test_help_lists_every_subcommand(tmp_path):

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from person_search.search import GalleryIndex, SearchError, build_index, load_search_config, model_identity
+from person_search.search import GalleryIndex, SearchError, build_index, load_search_config, model_identity, remove_index
 from person_search.search import index as index_module
 from person_search.search.sources import ImageFolderSource, VideoSource, read_video_frames
 
@@ -138,7 +138,7 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(built, gallery
     monkeypatch.setattr(index_module._Detector, "__call__", interrupted_after_first_batch)
     with pytest.raises(KeyboardInterrupt):
         build_index(tiny_cfg(*FAST_OPTS), "", gallery, out, **BUILD_ARGS)
-    assert sorted(os.listdir(out)) == ["config.yaml", "progress.json", "shards"]
+    assert sorted(os.listdir(out)) == ["progress.json", "shards"]  # config.yaml comes with the manifest
     assert json.load(open(os.path.join(out, "progress.json")))["shards"][0]["next_position"] == 2
 
     with pytest.raises(SearchError, match="other arguments"):
@@ -263,6 +263,46 @@ def test_clear_errors(tmp_path, gallery):
         GalleryIndex.load(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_search_config(str(tmp_path / "nope.yaml"))
+    with pytest.raises(SearchError, match=r"config overrides \['MODEL.NO_SUCH_KEY', '1'\]"):
+        load_search_config(TINY_CONFIG, ["MODEL.NO_SUCH_KEY", "1"])
+    not_weights = tmp_path / "notes.pth"
+    not_weights.write_text("not a checkpoint")
+    with pytest.raises(SearchError, match="cannot load weights file .*notes.pth"):
+        build_index(cfg, str(not_weights), gallery, out)
+    with pytest.raises(SearchError, match="is an image file"):
+        build_index(cfg, "", os.path.join(gallery, "a.jpg"), out, allow_random_weights=True)
+    write_video(tmp_path / "no_frames.avi", 0, 5)
+    with pytest.raises(SearchError, match="no_frames.avi yields no images"):
+        build_index(cfg, "", str(tmp_path / "no_frames.avi"), str(tmp_path / "video_index"), allow_random_weights=True)
+    assert not os.path.exists(tmp_path / "video_index" / "manifest.json")
+
+
+def test_index_never_touches_a_folder_it_did_not_write(tmp_path, gallery):
+    cfg = tiny_cfg(*FAST_OPTS)
+    user = tmp_path / "user"
+    (user / "shards").mkdir(parents=True)
+    (user / "config.yaml").write_text("mine")
+    (user / "shards" / "notes.txt").write_text("mine too")
+    with pytest.raises(SearchError, match="is not empty and holds no index"):
+        build_index(cfg, "", gallery, str(user), **BUILD_ARGS)
+    with pytest.raises(SearchError, match="is not empty and holds no index"):
+        remove_index(str(user))
+    assert (user / "config.yaml").read_text() == "mine" and (user / "shards" / "notes.txt").read_text() == "mine too"
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(SearchError, match="is a file, expected a directory"):
+        build_index(cfg, "", gallery, str(tmp_path / "a_file"), **BUILD_ARGS)
+
+
+def test_remove_index_keeps_other_files(built, gallery, tmp_path):
+    out = tmp_path / "index"
+    build_index(tiny_cfg(*FAST_OPTS), "", gallery, str(out), **BUILD_ARGS)
+    (out / "my_notes.txt").write_text("keep")
+    remove_index(str(out))
+    assert os.listdir(out) == ["my_notes.txt"]
+    os.remove(out / "my_notes.txt")
+    build_index(tiny_cfg(*FAST_OPTS), "", gallery, str(out), **BUILD_ARGS)
+    remove_index(str(out))
+    assert not out.exists()
 
 
 def test_model_identity_of_indexes_built_earlier_holds():

@@ -1,11 +1,13 @@
 """Querying a gallery index: self-retrieval, results JSON and picture, the CLI, and every refusal."""
 import json
 import logging
+import os
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from person_search.cli import main as cli_main
 from person_search.search import GalleryIndex, SearchError, build_index, search_person
@@ -77,6 +79,10 @@ def test_draw_results_grid_and_missing_pictures():
     hits = [{"rank": r, "score": 0.5, "box": [1.0, 1.0, 10.0, 10.0], "frame": None} for r in (1, 2, 3, 4, 5)]
     picture = draw_results(query, [5, 5, 30, 45], hits, [np.zeros((20, 30, 3), np.uint8)] * 4 + [None])
     assert picture.shape == (2 * TILE_SIZE[0], 4 * TILE_SIZE[1], 3)  # 6 tiles, 4 per row
+    # a box in the last pixel, with half-pixel corners (rounding both corners to 40 would crop nothing)
+    query[49, 39] = 255
+    picture = draw_results(query, [39.5, 49.5, 40, 50], [], [])
+    assert picture.shape == (TILE_SIZE[0], TILE_SIZE[1], 3) and picture[30:-30, 30:-30].max() == 255
 
 
 def test_box_parsing_and_checks():
@@ -89,13 +95,17 @@ def test_box_parsing_and_checks():
         check_box([0, 0, float("nan"), 10], 128, 96, "x.jpg")
     with pytest.raises(SearchError, match="empty"):
         check_box([10, 10, 10, 50], 128, 96, "x.jpg")
+    # thinner than a pixel: float32 rounding after the test-time resize could make it empty
+    with pytest.raises(SearchError, match="smaller than 1 pixel"):
+        check_box([100, 10, 100.0000001, 50], 128, 96, "x.jpg")
+    assert check_box([127, 95, 128, 96], 128, 96, "x.jpg") == [127.0, 95.0, 128.0, 96.0]
     with pytest.raises(SearchError, match="not inside image x.jpg of size 128x96"):
         check_box([10, 10, 129, 50], 128, 96, "x.jpg")
     with pytest.raises(SearchError, match="not inside"):
         check_box([-1, 10, 20, 50], 128, 96, "x.jpg")
 
 
-def test_query_refusals(index_dir, tmp_path):
+def test_query_refusals(index_dir, tmp_path, monkeypatch):
     index = GalleryIndex.load(index_dir)
     _, image, box = largest_box(index)
     broken = tmp_path / "broken.jpg"
@@ -110,6 +120,22 @@ def test_query_refusals(index_dir, tmp_path):
         search_person(index, image, [1, 2, 3])
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         search_person(index, image, box, weights=str(tmp_path / "missing.pth"))
+    bomb = tmp_path / "bomb.png"  # a header claiming more pixels than PIL opens
+    with monkeypatch.context() as patch:
+        patch.setattr(Image, "MAX_IMAGE_PIXELS", 10)
+        Image.new("RGB", (20, 20)).save(bomb)
+        with pytest.raises(SearchError, match="cannot read query image .*bomb.png"):
+            search_person(index, str(bomb), [0, 0, 5, 5])
+    # results.json / results.jpg that no query wrote are never overwritten; an earlier query's are
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.jpg").write_bytes(b"my picture")
+    with pytest.raises(SearchError, match="results.jpg exists and was not written by a query"):
+        search_person(index, image, box, topk=1, out_dir=str(out))
+    assert (out / "results.jpg").read_bytes() == b"my picture"
+    os.remove(out / "results.jpg")
+    search_person(index, image, box, topk=1, out_dir=str(out))
+    assert search_person(index, image, box, topk=2, out_dir=str(out))["files"]["json"] == str(out / "results.json")
 
 
 def test_query_refuses_another_model_unless_forced(index_dir, tmp_path, caplog):

@@ -5,7 +5,7 @@ import sys
 
 from person_search.precision import PRECISION_FLAGS
 
-__all__ = ["add_search_subcommands"]
+__all__ = ["add_search_subcommands", "fail"]
 
 
 def add_search_subcommands(subparsers):
@@ -63,7 +63,8 @@ def _setup_logging():
     logging.getLogger("person_search").setLevel(logging.INFO)
 
 
-def _fail(error):
+def fail(error):
+    """Print ``error`` as the command's error message; the exit code 2."""
     print(f"person-search: error: {error}", file=sys.stderr)
     return 2
 
@@ -91,7 +92,7 @@ def _index_command(args):
             config_path=args.config,
         )
     except (SearchError, FileNotFoundError) as e:
-        return _fail(e)
+        return fail(e)
     counts = index.manifest["counts"]
     print(f"indexed {counts['boxes']} persons in {counts['images']} images ({counts['skipped']} unreadable skipped)")
     print(args.output)
@@ -121,7 +122,7 @@ def _query_command(args):
             backend=args.backend,
         )
     except (SearchError, FileNotFoundError) as e:
-        return _fail(e)
+        return fail(e)
     for hit in result["hits"]:
         where = hit["path"] + (f" frame {hit['frame']}" if hit["frame"] is not None else "")
         print(f"#{hit['rank']:<3d} {hit['score']:.4f}  {where}  box {[round(v, 1) for v in hit['box']]}")

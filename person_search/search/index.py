@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import shutil
 
 import numpy as np
@@ -43,6 +44,7 @@ __all__ = [
     "build_search_model",
     "load_search_config",
     "model_identity",
+    "remove_index",
 ]
 
 logger = logging.getLogger(__name__)
@@ -63,8 +65,15 @@ def load_search_config(config_file, opts=()):
         raise FileNotFoundError(f"config file {config_file} does not exist")
     cfg = get_cfg()
     add_person_search_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    # yacs raises KeyError / AssertionError / ValueError for unknown keys, odd-length or mistyped overrides
+    try:
+        cfg.merge_from_file(config_file)
+    except (KeyError, AssertionError, ValueError, TypeError) as e:
+        raise SearchError(f"config file {config_file}: {type(e).__name__}: {e}") from e
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, AssertionError, ValueError, TypeError) as e:
+        raise SearchError(f"config overrides {list(opts)}: {type(e).__name__}: {e}") from e
     cfg.freeze()
     return cfg
 
@@ -150,7 +159,11 @@ def build_search_model(cfg, weights, *, allow_random_weights=False, seed=0):
         torch.manual_seed(seed)
         model = apply_memory_format(build_model(cfg), cfg)
     if weights:
-        DetectionCheckpointer(model).load(_local_weights(weights))
+        local = _local_weights(weights)
+        try:
+            DetectionCheckpointer(model).load(local)
+        except (pickle.UnpicklingError, KeyError, ValueError, RuntimeError, EOFError) as e:
+            raise SearchError(f"cannot load weights file {weights} ({type(e).__name__}: {e})") from e
     else:
         logger.warning(f"Using a randomly initialised model (seed {seed}): its embeddings are meaningless")
     return model.eval(), identity
@@ -215,6 +228,11 @@ class _ShardWriter:
     def skip(self, item):
         self.skipped.append(item.path)
 
+    def write_progress(self):
+        """Record the shards written so far in progress.json (it also marks the folder as a partial index)."""
+        progress = {"format_version": FORMAT_VERSION, "build_key": self.build_key, "shards": self.shards}
+        _atomic_write_json(os.path.join(self.output_dir, "progress.json"), progress)
+
     def flush(self, next_position):
         """Write the accumulated items (source positions up to ``next_position``) as a shard."""
         if next_position == self.next_position:
@@ -225,8 +243,7 @@ class _ShardWriter:
         arrays["records"] = np.array(json.dumps({"images": self.images, "skipped": self.skipped}))
         _atomic_write(os.path.join(self.output_dir, name), lambda f: np.savez(f, **arrays))
         self.shards.append({"file": name, "next_position": next_position})
-        progress = {"format_version": FORMAT_VERSION, "build_key": self.build_key, "shards": self.shards}
-        _atomic_write_json(os.path.join(self.output_dir, "progress.json"), progress)
+        self.write_progress()
         self._reset()
 
 
@@ -254,8 +271,40 @@ def _atomic_write_json(path, obj):
 
 
 def _read_json(path):
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise SearchError(f"{path} is damaged (not valid JSON: {e})") from e
+
+
+def remove_index(index_dir):
+    """Delete the files of a (finished or partial) index written by :func:`build_index`, and the folder if
+    that leaves it empty. Other files are kept; a folder without an index is refused."""
+    _check_output_dir(index_dir)
+    if not os.path.isdir(index_dir):
+        return
+    for name in ("manifest.json", "progress.json", "config.yaml", *(f"{a}.npy" for a in _ARRAYS)):
+        path = os.path.join(index_dir, name)
+        if os.path.isfile(path):
+            os.remove(path)
+    shutil.rmtree(os.path.join(index_dir, "shards"), ignore_errors=True)
+    if not os.listdir(index_dir):
+        os.rmdir(index_dir)
+
+
+def _check_output_dir(output_dir):
+    """Refuse an output path that is a file, or a non-empty folder that ``build_index`` did not write: indexing
+    writes and deletes files there."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise SearchError(f"index output {output_dir} is a file, expected a directory")
+    if not os.path.isdir(output_dir) or not os.listdir(output_dir):
+        return
+    if not any(os.path.isfile(os.path.join(output_dir, f)) for f in ("manifest.json", "progress.json")):
+        raise SearchError(
+            f"{output_dir} is not empty and holds no index (no manifest.json or progress.json): use a new or empty "
+            "directory (nothing in it was changed)"
+        )
 
 
 def _load_progress(output_dir, build_key):
@@ -324,6 +373,7 @@ def build_index(
             + (["channels_last"] if cfg.MODEL.CHANNELS_LAST else [])  # so does the memory format, by rounding
         ).encode()
     ).hexdigest()
+    _check_output_dir(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     manifest_path = os.path.join(output_dir, "manifest.json")
     if os.path.isfile(manifest_path):
@@ -334,10 +384,11 @@ def build_index(
         logger.info(f"{output_dir} already holds this index")
         return GalleryIndex.load(output_dir)
 
+    writer = _ShardWriter(output_dir, build_key, _load_progress(output_dir, build_key), cfg.MODEL.REID.EMBED_DIM)
+    writer.write_progress()
+    _run(source, _Detector(model, cfg, score_thresh), writer, batch_size, shard_size)
     with open(os.path.join(output_dir, "config.yaml"), "w") as f:
         f.write(cfg.dump())
-    writer = _ShardWriter(output_dir, build_key, _load_progress(output_dir, build_key), cfg.MODEL.REID.EMBED_DIM)
-    _run(source, _Detector(model, cfg, score_thresh), writer, batch_size, shard_size)
 
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -376,6 +427,8 @@ def _run(source, detector, writer, batch_size, shard_size):
             writer.flush(position)
     if batch:
         run_batch()
+    if position == 0:
+        raise SearchError(f"gallery {source.describe()['path']} yields no images (a video without decodable frames?)")
     writer.flush(position)
 
 

@@ -12,12 +12,15 @@ from detectron2.data import detection_utils as utils
 from person_search.precision import inference_autocast
 
 from .index import GalleryIndex, build_search_model, load_search_config, model_identity
-from .sources import SearchError, read_video_frames
+from .sources import UNREADABLE_IMAGE_ERRORS, SearchError, read_video_frames
 
 __all__ = ["parse_box", "check_box", "embed_query", "search_person", "draw_results"]
 
 logger = logging.getLogger(__name__)
 
+# Smallest query box side in pixels: a thinner box has no image content to embed (and after the test-time resize
+# and float32 rounding it can become empty, which detectron2 then drops).
+MIN_BOX_SIZE = 1
 # Size (height, width) of each picture of the results grid, and how many pictures per row.
 TILE_SIZE = (240, 320)
 TILES_PER_ROW = 4
@@ -36,7 +39,8 @@ def parse_box(text):
 
 
 def check_box(box, width, height, image_path):
-    """Raise unless ``box`` is four finite numbers x1 < x2, y1 < y2 inside a ``width`` x ``height`` image."""
+    """Raise unless ``box`` is four finite numbers inside a ``width`` x ``height`` image, at least
+    :data:`MIN_BOX_SIZE` pixels wide and high."""
     try:
         values = [float(v) for v in box]
     except (TypeError, ValueError):
@@ -44,8 +48,11 @@ def check_box(box, width, height, image_path):
     if len(values) != 4 or not all(math.isfinite(v) for v in values):
         raise SearchError(f"query box {box!r} is malformed: expected four finite numbers x1, y1, x2, y2")
     x1, y1, x2, y2 = values
-    if x2 <= x1 or y2 <= y1:
-        raise SearchError(f"query box {values} is empty: expected x1 < x2 and y1 < y2")
+    if x2 - x1 < MIN_BOX_SIZE or y2 - y1 < MIN_BOX_SIZE:
+        raise SearchError(
+            f"query box {values} is empty or smaller than {MIN_BOX_SIZE} pixel: expected x2 - x1 >= {MIN_BOX_SIZE} "
+            f"and y2 - y1 >= {MIN_BOX_SIZE}"
+        )
     if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
         raise SearchError(f"query box {values} is not inside image {image_path} of size {width}x{height} (w x h)")
     return values
@@ -54,7 +61,7 @@ def check_box(box, width, height, image_path):
 def _read_image(path, image_format):
     try:
         return utils.read_image(path, format=image_format)
-    except (OSError, ValueError, SyntaxError) as e:  # PIL: missing / unidentified / truncated files
+    except UNREADABLE_IMAGE_ERRORS as e:
         raise SearchError(f"cannot read query image {path}: {e}") from e
 
 
@@ -83,6 +90,13 @@ def _query_model(index, cfg, weights, force):
     recorded = index.manifest["model"]
     if cfg is None:
         cfg = load_search_config(index.config_file)
+        if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+            # the device is not part of the model identity: an index built on a GPU can be queried on a CPU
+            logger.warning(f"index {index.root} was built on {cfg.MODEL.DEVICE}; no GPU here, querying on the CPU")
+            cfg = cfg.clone()
+            cfg.defrost()
+            cfg.MODEL.DEVICE = "cpu"
+            cfg.freeze()
     seed = recorded["random_seed"] if recorded["random_seed"] is not None else 0
     if weights is None:
         weights = recorded["weights"]
@@ -139,14 +153,15 @@ def search_person(
     # check the query before the (slow) model build
     image = _read_image(image_path, "BGR")
     box = check_box(box, image.shape[1], image.shape[0], image_path)
+    files = _result_files(out_dir) if out_dir is not None else None
 
     model, cfg = _query_model(index, cfg, weights, force)
     embedding = embed_query(model, cfg, image_path, box)
     scores, indices = index.search(embedding, topk, backend=backend)
     hits = [_hit(index, rank, float(score), int(i)) for rank, (score, i) in enumerate(zip(scores[0], indices[0]), 1)]
     result = {"query": {"image": image_path, "box": box, "index": os.path.abspath(index.root)}, "hits": hits}
-    if out_dir is not None:
-        result["files"] = _write_results(result, image, out_dir)
+    if files is not None:
+        result["files"] = _write_results(result, image, files)
     return result
 
 
@@ -164,9 +179,28 @@ def _hit(index, rank, score, box_idx):
     }
 
 
-def _write_results(result, query_image, out_dir):
-    os.makedirs(out_dir, exist_ok=True)
+def _result_files(out_dir):
+    """Paths of results.json and results.jpg in ``out_dir``, after checking that writing them loses nothing: an
+    existing results.json / results.jpg is replaced only if an earlier query wrote it."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise SearchError(f"query output {out_dir} is a file, expected a directory")
     files = {"json": os.path.join(out_dir, "results.json"), "picture": os.path.join(out_dir, "results.jpg")}
+    earlier = None
+    if os.path.isfile(files["json"]):
+        try:
+            with open(files["json"]) as f:
+                earlier = json.load(f)
+        except (OSError, ValueError):
+            pass
+    ours = isinstance(earlier, dict) and {"query", "hits"} <= set(earlier)
+    for path in files.values():
+        if os.path.exists(path) and not ours:
+            raise SearchError(f"{path} exists and was not written by a query: choose another output directory")
+    return files
+
+
+def _write_results(result, query_image, files):
+    os.makedirs(os.path.dirname(files["json"]), exist_ok=True)
     picture = draw_results(query_image, result["query"]["box"], result["hits"], _hit_images(result["hits"]))
     if not cv2.imwrite(files["picture"], picture):
         raise SearchError(f"cannot write {files['picture']}")
@@ -205,7 +239,9 @@ def draw_results(query_image, query_box, hits, hit_images):
     Returns:
         the BGR picture.
     """
-    x1, y1, x2, y2 = (int(round(v)) for v in query_box)
+    # the whole pixels the box touches (never empty for a box of check_box inside the image)
+    x1, y1 = (int(math.floor(v)) for v in query_box[:2])
+    x2, y2 = (int(math.ceil(v)) for v in query_box[2:])
     crop = query_image[y1 : max(y2, y1 + 1), x1 : max(x2, x1 + 1)]
     tiles = [_tile(crop, None, "query", (255, 128, 0))]
     for hit, image in zip(hits, hit_images):

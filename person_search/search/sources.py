@@ -19,6 +19,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "GalleryItem",
     "SearchError",
+    "UNREADABLE_IMAGE_ERRORS",
     "ImageFolderSource",
     "VideoSource",
     "open_gallery_source",
@@ -28,6 +29,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+# What PIL (through detectron2's read_image) raises for missing, truncated, unidentified or corrupt files, and for
+# headers claiming more pixels than Image.MAX_IMAGE_PIXELS allows (DecompressionBombError is no OSError).
+UNREADABLE_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 class SearchError(ValueError):
@@ -93,7 +99,7 @@ class ImageFolderSource:
         try:
             # detectron2's reader, as the dataset mapper uses: applies EXIF orientation, converts the format
             return utils.read_image(path, format=self.image_format)
-        except (OSError, ValueError, SyntaxError) as e:  # PIL: missing / truncated / unidentified / corrupt files
+        except UNREADABLE_IMAGE_ERRORS as e:
             logger.debug(f"cannot read {path}: {e}")
             return None
 
@@ -161,6 +167,8 @@ def open_gallery_source(gallery, *, video_every=1, image_format="BGR"):
     if os.path.isdir(gallery):
         return ImageFolderSource(gallery, image_format)
     if os.path.isfile(gallery):
+        if gallery.lower().endswith(IMAGE_EXTENSIONS):
+            raise SearchError(f"gallery {gallery} is an image file: give a folder of images, or a video file")
         return VideoSource(gallery, video_every, image_format)
     raise FileNotFoundError(f"gallery {gallery} is neither a folder of images nor a video file")
 
