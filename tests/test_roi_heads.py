@@ -205,6 +205,36 @@ def test_embedding_head_projects_and_normalises_in_fp32_under_autocast():
     assert torch.allclose(autocast, fp32, atol=1e-6)  # no rounding inside the head
 
 
+@pytest.mark.parametrize("name", ["ReIDRes5ROIHeads", "ReIDStandardROIHeads"])
+def test_box_predictor_scores_in_fp32_under_autocast(name):
+    head, _ = build_head(name)
+    predictor = head.box_predictor.eval()
+    torch.manual_seed(0)
+    x = torch.randn(6, predictor.cls_score.in_features).bfloat16()  # what the box branch gives under bf16
+    with torch.no_grad():
+        fp32_scores, fp32_deltas = predictor(x.float())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            scores, deltas = predictor(x)
+    assert scores.dtype == deltas.dtype == torch.float32
+    assert torch.equal(scores, fp32_scores) and torch.equal(deltas, fp32_deltas)
+
+
+def test_full_precision_predictor_keeps_detectron2s_weights_and_random_stream():
+    from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
+
+    from person_search.modeling.roi_heads import full_precision_predictor
+
+    cfg = tiny_cfg()
+    torch.manual_seed(0)
+    original = FastRCNNOutputLayers(cfg, ShapeSpec(channels=16))
+    after_original = torch.rand(1)
+    torch.manual_seed(0)
+    ours = full_precision_predictor(cfg, FastRCNNOutputLayers(cfg, ShapeSpec(channels=16)))
+    assert torch.equal(torch.rand(1), after_original)
+    assert ours.state_dict().keys() == original.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), original.state_dict().values()))
+
+
 def test_c4_detections_embedded_from_their_proposals():
     head, features = build_head("ReIDRes5ROIHeads")
     head.box_predictor.test_score_thresh = 0.0

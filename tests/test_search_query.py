@@ -2,6 +2,7 @@
 import json
 import logging
 import os
+import shutil
 
 import cv2
 import numpy as np
@@ -156,6 +157,20 @@ def test_query_refuses_another_model_unless_forced(index_dir, tmp_path, caplog):
         search_person(index, image, box, weights=str(weights))
     # keys that do not change embeddings are no mismatch
     assert search_person(index, image, box, topk=1, cfg=tiny_cfg(*FAST_OPTS, "SOLVER.BASE_LR", 0.5))["hits"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback of a machine without a GPU")
+def test_index_built_on_a_gpu_is_queried_on_the_cpu(index_dir, tmp_path, caplog):
+    copy = tmp_path / "index"
+    shutil.copytree(index_dir, copy)
+    config = (copy / "config.yaml").read_text()
+    assert "DEVICE: cpu" in config
+    (copy / "config.yaml").write_text(config.replace("DEVICE: cpu", "DEVICE: cuda"))
+    _, image, box = largest_box(GalleryIndex.load(str(copy)))
+    with caplog.at_level(logging.WARNING, logger="person_search"):
+        result = search_person(str(copy), image, box, topk=1)
+    assert result["hits"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert any("no GPU here, querying on the CPU" in r.getMessage() for r in caplog.records)
 
 
 def test_query_refuses_an_empty_index(tmp_path):

@@ -13,11 +13,13 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, cat
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads, StandardROIHeads, build_box_head
+from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 
 from .embedding_head import IdentityEmbeddingHead
 from .identity_losses import build_identity_loss
 
 __all__ = [
+    "FullPrecisionOutputLayers",
     "FullPrecisionPooler",
     "ReIDRes5ROIHeads",
     "ReIDStandardROIHeads",
@@ -57,6 +59,28 @@ class FullPrecisionPooler(nn.Module):
 
     def forward(self, features, box_lists):
         return self.pooler([x.float() for x in features], box_lists).to(features[0].dtype)
+
+
+class FullPrecisionOutputLayers(FastRCNNOutputLayers):
+    """detectron2's box predictor (class scores and box deltas), computed in float32 under autocast.
+
+    Under bf16 autocast its linear layers and softmax would round detection scores to 8 significant bits (steps of
+    1/256 just below 0.5: a detection scoring 0.498 would pass the protocols' 0.5 threshold), and on a CPU the
+    scores would even come back as bf16. Two small linear layers on pooled vectors: no measurable cost. Same
+    parameters as FastRCNNOutputLayers, so checkpoints are unchanged.
+    """
+
+    def forward(self, x):
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())
+
+
+def full_precision_predictor(cfg, predictor):
+    """A :class:`FullPrecisionOutputLayers` with the weights of detectron2's ``predictor``."""
+    with torch.random.fork_rng(devices=[]):  # the modules built after it keep their random initialisation
+        ours = FullPrecisionOutputLayers(cfg, ShapeSpec(channels=predictor.cls_score.in_features))
+    ours.load_state_dict(predictor.state_dict())
+    return ours
 
 
 class _IdentityBranch:
@@ -134,6 +158,7 @@ class ReIDRes5ROIHeads(_IdentityBranch, Res5ROIHeads):
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
         ret["pooler"] = FullPrecisionPooler(ret["pooler"])
+        ret["box_predictor"] = full_precision_predictor(cfg, ret["box_predictor"])
         res5_out_channels = cfg.MODEL.RESNETS.RES2_OUT_CHANNELS * 8  # Res5ROIHeads' res5 widens res4 by 2
         ret.update(identity_branch_from_config(cfg, res5_out_channels))
         ret["embed_detections_from"] = cfg.MODEL.REID.EMBED_DETECTIONS_FROM
@@ -218,6 +243,7 @@ class ReIDStandardROIHeads(_IdentityBranch, StandardROIHeads):
             )
         ret = super().from_config(cfg, input_shape)
         ret["box_pooler"] = FullPrecisionPooler(ret["box_pooler"])
+        ret["box_predictor"] = full_precision_predictor(cfg, ret["box_predictor"])
         ret.update(cls._init_reid_head(cfg, input_shape, ret["box_head"]))
         return ret
 
