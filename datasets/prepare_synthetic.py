@@ -6,7 +6,8 @@ Examples:
     python datasets/prepare_synthetic.py --format prw --preset tiny --output /tmp/PRW --seed 3
     python datasets/prepare_synthetic.py --format cuhk_sysu --preset full --no-images   # annotations only
 
-The default output is the folder the dataset loaders read (under $DETECTRON2_DATASETS, default ./datasets).
+The default output (under $DETECTRON2_DATASETS, default ./datasets) is synthetic/CUHK-SYSU or synthetic/PRW, read
+by the synthetic_cuhk_sysu_* / synthetic_prw_* datasets, and Market-1501-v15.09.15 (market1501_*) for Market-1501.
 A folder that is not empty and was not written by this script is never touched unless --overwrite is given.
 """
 import argparse
@@ -14,7 +15,13 @@ import logging
 import os
 import sys
 
-_DEFAULT_FOLDERS = {"cuhk_sysu": "CUHK-SYSU", "prw": "PRW", "market1501": "Market-1501-v15.09.15"}
+# Default output folders under $DETECTRON2_DATASETS: those registered as synthetic_cuhk_sysu_* / synthetic_prw_*
+# (so the real datasets' names never load synthetic data by accident); Market-1501 has no synthetic names.
+_DEFAULT_FOLDERS = {
+    "cuhk_sysu": os.path.join("synthetic", "CUHK-SYSU"),
+    "prw": os.path.join("synthetic", "PRW"),
+    "market1501": "Market-1501-v15.09.15",
+}
 
 
 def _pair(text: str):
@@ -87,8 +94,8 @@ def main(argv=None) -> int:
     # Imported here so that --help works without the heavy imports.
     from person_search.data.synthetic import generate
 
-    output = args.output or os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"),
-                                         _DEFAULT_FOLDERS[args.format])
+    root = os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets"))  # as the registration reads it
+    output = args.output or os.path.join(root, _DEFAULT_FOLDERS[args.format])
     kwargs = _generator_kwargs(args)
     print(f"Writing synthetic {args.format} ({args.preset}, seed {args.seed}) to {output}")
     try:

@@ -432,7 +432,7 @@ def _cli():
     return module
 
 
-def test_cli(tmp_path, capsys):
+def test_cli(tmp_path, capsys, monkeypatch):
     cli = _cli()
     out = tmp_path / "PRW"
     assert cli.main(["--format", "prw", "--preset", "tiny", "--output", str(out), "--no-images",
@@ -444,5 +444,8 @@ def test_cli(tmp_path, capsys):
     (foreign / "x").write_text("")
     assert cli.main(["--format", "cuhk_sysu", "--preset", "tiny", "--output", str(foreign)]) == 2
     assert "refusing" in capsys.readouterr().err
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "datasets"))  # default: the synthetic_prw_* folder
+    assert cli.main(["--format", "prw", "--preset", "tiny", "--no-images"]) == 0
+    assert os.path.isfile(tmp_path / "datasets" / "synthetic" / "PRW" / "ID_test.mat")
     with pytest.raises(SystemExit, match="does not apply|do\\(es\\) not apply"):
         cli.main(["--format", "market1501", "--preset", "tiny", "--output", str(tmp_path / "m"), "--no-images"])

@@ -65,6 +65,10 @@ class PersonSearchEvaluator(DatasetEvaluator):
         {"detection": {"AP", "recall", "AP_labeled", "recall_labeled"},
          "search": {"mAP", "top1", "top5", "top10"},
          "search_occlusion": {...}, "search_resolution": {...}}   # CUHK-SYSU, when the queries flag subsets
+
+    The subset results average the subset's queries over the same TestG<gallery_size> galleries; the galleries
+    stored in Occlusion.mat / Resolution.mat (100 images each) are not read (they are expected to equal TestG100's,
+    which was not verified against the real files).
     """
 
     def __init__(
