@@ -214,6 +214,20 @@ def test_prw_all_cameras_and_cross_camera(prw):
     assert "search_occlusion" not in results
 
 
+def test_prw_camera_ids_are_needed_only_across_cameras():
+    name = f"test_prw_{uuid.uuid4().hex}"
+    gallery = [{k: v for k, v in d.items() if k != "camera_id"} for d in PRW_GALLERY]
+    registered = _register(name, gallery, PRW_QUERIES, protocol="prw")
+    try:
+        results = _feed(PersonSearchEvaluator(registered), gallery, PRW_DETS, PRW_QUERIES, PRW_QUERY_EMB).evaluate()
+        assert results["search"]["mAP"] == pytest.approx(100 * (7 / 12 + 1) / 2)
+        evaluator = PersonSearchEvaluator(registered, cross_camera=True)
+        with pytest.raises(ValueError, match="record 'f0' has no camera_id, which cross_camera needs"):
+            _feed(evaluator, gallery, PRW_DETS, PRW_QUERIES, PRW_QUERY_EMB).evaluate()
+    finally:
+        _unregister(name)
+
+
 def test_prw_gt_boxes_count_is_checked(prw):
     evaluator = PersonSearchEvaluator(prw, use_gt_boxes=True)
     with pytest.raises(ValueError, match="image 'f2': use_gt_boxes expects one box per annotation"):

@@ -320,9 +320,7 @@ class PersonSearchEvaluator(DatasetEvaluator):
     def _prw_protocol(self, gallery_dicts, query_dicts):
         """Positives from the gallery annotations: frames (other than the query's) holding the query's person."""
         index = {d["image_id"]: i for i, d in enumerate(gallery_dicts)}
-        cameras = np.array([d["camera_id"] for d in gallery_dicts], dtype=np.int64)
         query_image = np.array([index.get(q["image_id"], -1) for q in query_dicts], dtype=np.int64)
-        query_camera = np.array([q["camera_id"] for q in query_dicts], dtype=np.int64)
         query_pid = np.array([q["person_id"] for q in query_dicts], dtype=np.int64)
 
         # one (person, image, box) row per labeled person per frame (the first box if a frame repeats a person)
@@ -344,11 +342,13 @@ class PersonSearchEvaluator(DatasetEvaluator):
         hi = np.searchsorted(pids, query_pid, side="right")
         row, query = ragged_arange(lo, hi - lo)
         keep = images[row] != query_image[query]
-        if self._cross_camera:
-            keep &= cameras[images[row]] != query_camera[query]
+        if not self._cross_camera:
+            return SearchPositives(query[keep], images[row[keep]], boxes[row[keep]]), ExcludedGalleries(query_image)
+        cameras = _camera_ids(gallery_dicts, self._gallery_name)
+        query_camera = _camera_ids(query_dicts, self._query_name)
+        keep &= cameras[images[row]] != query_camera[query]
         positives = SearchPositives(query[keep], images[row[keep]], boxes[row[keep]])
-        galleries = ExcludedGalleries(query_image, query_camera if self._cross_camera else None, cameras)
-        return positives, galleries
+        return positives, ExcludedGalleries(query_image, query_camera, cameras)
 
     # ---------------------------------------------------------------------------------------------- reporting
 
@@ -402,6 +402,16 @@ def _check_gallery_record(g, dim):
     for name in ("boxes", "scores", "embeddings"):
         if not np.isfinite(g[name]).all():
             raise ValueError(f"gallery image '{image_id}': {name} contain NaN or infinite values")
+
+
+def _camera_ids(dicts, dataset_name):
+    """``camera_id`` of every record, which the cross-camera protocol needs."""
+    missing = next((d for d in dicts if "camera_id" not in d), None)
+    if missing is not None:
+        raise ValueError(
+            f"'{dataset_name}': record '{missing.get('image_id')}' has no camera_id, which cross_camera needs"
+        )
+    return np.array([d["camera_id"] for d in dicts], dtype=np.int64)
 
 
 def _stack_detections(per_image, dim):
