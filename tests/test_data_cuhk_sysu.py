@@ -215,25 +215,18 @@ def test_errors_name_the_file(tmp_path, root):
         load_cuhk_sysu(root, "test")
 
 
-def test_malformed_idlocate_names_the_record(tmp_path):
+@pytest.mark.parametrize("idlocate, problem", [
+    (np.array([[1, 2, 3]]), "expected idlocate"),
+    (text("abcd"), "expected numbers"),  # a char value where the box belongs
+])
+def test_malformed_idlocate_names_the_record(tmp_path, idlocate, problem):
     root = tmp_path / "CUHK-SYSU"
     (root / "annotation").mkdir(parents=True)
-    box = struct([{"idlocate": np.array([[1, 2, 3]]), "ishard": np.array([[0]])}], ["idlocate", "ishard"])
+    box = struct([{"idlocate": idlocate, "ishard": np.array([[0]])}], ["idlocate", "ishard"])
     image = {"imname": text("s1.jpg"), "nAppear": np.array([[1]]), "box": box}
     savemat(root / "annotation" / "Images.mat", {"Img": struct([image], ["imname", "nAppear", "box"])})
     savemat(root / "annotation" / "pool.mat", {"pool": cell([text("s1.jpg")], (1, 1))})
-    with pytest.raises(ValueError, match=r"Images.mat, Img\(1\)\.box\(1\)\.idlocate: expected idlocate"):
-        load_cuhk_sysu(str(root), "train")
-
-
-def test_non_numeric_idlocate_names_the_record(tmp_path):
-    root = tmp_path / "CUHK-SYSU"
-    (root / "annotation").mkdir(parents=True)
-    box = struct([{"idlocate": text("abcd"), "ishard": np.array([[0]])}], ["idlocate", "ishard"])
-    image = {"imname": text("s1.jpg"), "nAppear": np.array([[1]]), "box": box}
-    savemat(root / "annotation" / "Images.mat", {"Img": struct([image], ["imname", "nAppear", "box"])})
-    savemat(root / "annotation" / "pool.mat", {"pool": cell([text("s1.jpg")], (1, 1))})
-    with pytest.raises(ValueError, match=r"Images.mat, Img\(1\)\.box\(1\)\.idlocate: expected numbers"):
+    with pytest.raises(ValueError, match=rf"Images.mat, Img\(1\)\.box\(1\)\.idlocate: {problem}"):
         load_cuhk_sysu(str(root), "train")
 
 
