@@ -68,7 +68,8 @@ def add_person_search_config(cfg):
     _C.TEST.PERSON_SEARCH.USE_GT_BOXES = False
 
     # Mixed precision of the training forward pass: "" (fp32), "bf16" or "fp16" (torch.autocast; fp16 adds a
-    # GradScaler, saved in checkpoints). The OIM tables and logits stay fp32.
+    # GradScaler, saved in checkpoints). The OIM tables and logits stay fp32. detectron2's SOLVER.AMP.ENABLED True
+    # with this key empty means "fp16", as in detectron2.
     _C.SOLVER.AMP_DTYPE = ""
     # Mixed precision of inference (evaluation, `person_search index` / `query`): "" (fp32), "bf16" or "fp16".
     # Boxes, scores and embeddings are returned in fp32. How closely embeddings follow fp32 inference depends on the

@@ -52,14 +52,16 @@ def oim_state(trainer):
 def test_resume_after_a_crash_matches_an_uninterrupted_run(synthetic_cuhk_sysu, tmp_path):
     _, prefix = synthetic_cuhk_sysu
     seed_all_rng(7)
-    full = PersonSearchTrainer(trainer_cfg(prefix, tmp_path / "full", "TEST.EVAL_PERIOD", 0))
+    # an evaluation at the checkpoint iteration (its random draws must not change what follows)
+    cfg = trainer_cfg(prefix, tmp_path / "full", "TEST.EVAL_PERIOD", 2)
+    full = PersonSearchTrainer(cfg)
     full.resume_or_load(resume=False)
     full.register_hooks([CrashAfter(-1)])
     full.train()
     expected_state, expected_iter = oim_state(full), full.iter
 
     seed_all_rng(7)
-    cfg = trainer_cfg(prefix, tmp_path / "crashed")
+    cfg = trainer_cfg(prefix, tmp_path / "crashed", "TEST.EVAL_PERIOD", 2)
     crashed = PersonSearchTrainer(cfg)
     crashed.resume_or_load(resume=False)
     crashed.register_hooks([CrashAfter(2)])
@@ -206,3 +208,11 @@ def test_crop_reid_trains_and_evaluates_with_the_same_trainer(tmp_path):
     metrics = results[f"{prefix}_gallery"]["reid"]
     assert set(metrics) == {"mAP", "rank1", "rank5", "rank10", "mINP"}
     assert all(0.0 <= v <= 100.0 for v in metrics.values())
+
+
+def test_detectron2s_amp_switch_means_fp16():
+    from person_search.engine.train_loop import amp_dtype_from_config
+
+    assert amp_dtype_from_config(tiny_cfg()) is None
+    assert amp_dtype_from_config(tiny_cfg("SOLVER.AMP.ENABLED", True)) == torch.float16
+    assert amp_dtype_from_config(tiny_cfg("SOLVER.AMP.ENABLED", True, "SOLVER.AMP_DTYPE", "bf16")) == torch.bfloat16

@@ -11,7 +11,13 @@ __all__ = ["MixedPrecisionTrainer", "amp_dtype_from_config"]
 
 
 def amp_dtype_from_config(cfg):
-    """``cfg.SOLVER.AMP_DTYPE`` ("" / "bf16" / "fp16") as a torch dtype, None for fp32."""
+    """``cfg.SOLVER.AMP_DTYPE`` ("" / "bf16" / "fp16") as a torch dtype, None for fp32.
+
+    detectron2's own switch ``SOLVER.AMP.ENABLED`` (fp16 autocast with a GradScaler) means "fp16" when
+    ``SOLVER.AMP_DTYPE`` is empty.
+    """
+    if cfg.SOLVER.AMP.ENABLED and not cfg.SOLVER.AMP_DTYPE:
+        return torch.float16
     return amp_dtype(cfg.SOLVER.AMP_DTYPE, "SOLVER.AMP_DTYPE")
 
 

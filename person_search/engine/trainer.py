@@ -4,6 +4,8 @@ import logging
 import os
 from collections import OrderedDict
 
+import torch
+
 from detectron2.data import MetadataCatalog, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import DefaultTrainer
@@ -186,6 +188,20 @@ class PersonSearchTrainer(DefaultTrainer):
         """
         if evaluators is not None and len(evaluators) != len(cfg.DATASETS.TEST):
             raise ValueError(f"{len(evaluators)} evaluators given for {len(cfg.DATASETS.TEST)} test datasets")
+        # Evaluation draws random numbers (a DataLoader seeds itself from torch's generator): without its own
+        # generator state, a run evaluated at a checkpoint iteration would continue differently from one resumed
+        # from that checkpoint.
+        cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=cuda_devices):
+            results = cls._evaluate_all(cfg, model, evaluators)
+        if comm.is_main_process():
+            for key, value in results.items():
+                logger.info(f"Evaluation results for {key} in csv format:")
+                print_csv_format(value)
+        return results
+
+    @classmethod
+    def _evaluate_all(cls, cfg, model, evaluators):
         results = OrderedDict()
         for i, name in enumerate(cfg.DATASETS.TEST):
             evaluator = evaluators[i] if evaluators is not None else cls.build_evaluator(cfg, name)
@@ -196,10 +212,6 @@ class PersonSearchTrainer(DefaultTrainer):
                     results[name] = inference_on_reid(model, build_reid_test_loader(cfg, name), evaluator)
                 else:
                     results.update(cls._test_person_search(cfg, model, name, evaluator))
-        if comm.is_main_process():
-            for key, value in results.items():
-                logger.info(f"Evaluation results for {key} in csv format:")
-                print_csv_format(value)
         return results
 
     @classmethod
