@@ -11,8 +11,6 @@ Prints one JSON line per measurement: name, value, unit and machine info. Exampl
 """
 import argparse
 import json
-import os
-import platform
 import time
 import uuid
 
@@ -25,22 +23,14 @@ from detectron2.structures import Boxes, BoxMode, Instances
 
 from person_search.evaluation import PersonSearchEvaluator
 
+from machine import machine_info  # benchmarks/machine.py (the script's folder is on sys.path)
+
 DIM = 256
 PERSON_WH = np.array([50.0, 130.0])
 
 
-def _machine():
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "numpy": np.__version__,
-    }
-
-
 def _emit(name, value, unit, **extra):
-    print(json.dumps({"name": name, "value": round(value, 4), "unit": unit, **extra, "machine": _machine()}),
+    print(json.dumps({"name": name, "value": round(value, 4), "unit": unit, **extra, "machine": machine_info()}),
           flush=True)
 
 

@@ -15,12 +15,10 @@ faiss installed the FAISS values are null.
 
 Examples:
     python benchmarks/index_speed.py                                  # 10k and 100k boxes
-    python benchmarks/index_speed.py --sizes 10000,100000,1000000     # up to 1M boxes (about 3 GB of memory)
+    python benchmarks/index_speed.py --sizes 10000,100000,1000000     # up to 1M boxes (~1 GiB of embeddings, ~4 GiB peak)
 """
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 
@@ -28,18 +26,7 @@ import numpy as np
 
 from person_search.search.index import GalleryIndex
 
-
-def machine_info():
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "numpy": np.__version__, "python": platform.python_version()}
-    try:
-        import faiss
-
-        info["faiss"] = faiss.__version__
-        info["faiss_threads"] = faiss.omp_get_max_threads()
-    except ImportError:
-        info["faiss"] = None
-    return info
+from machine import machine_info  # benchmarks/machine.py (the script's folder is on sys.path)
 
 
 def have_faiss():

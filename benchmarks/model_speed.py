@@ -42,7 +42,6 @@ Examples:
 import argparse
 import json
 import os
-import platform
 import resource
 import sys
 import time
@@ -59,6 +58,8 @@ from detectron2.utils.events import EventStorage
 from person_search import add_person_search_config
 from person_search.modeling import apply_memory_format
 from person_search.precision import autocast as precision_autocast
+
+from machine import machine_info  # benchmarks/machine.py (the script's folder is on sys.path)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "CUHK-SYSU", "oim_R_50_C4_cuhk_sysu.yaml")
@@ -285,20 +286,6 @@ def set_score_thresh(model, thresh):
 
 
 # ------------------------------------------------------------------------------------------------- output
-def machine_info(device):
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
 class Emitter:
     def __init__(self, args, cfg, device):
         self.common = {

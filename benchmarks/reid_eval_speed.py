@@ -10,13 +10,14 @@ Prints one JSON line per measurement: name, value, unit, and the measured metric
 """
 import argparse
 import json
-import platform
 import time
 
 import numpy as np
 
 import person_search  # noqa: F401  (adapts detectron2 before its modules are imported)
 from person_search.evaluation.reid_evaluation import evaluate_reid
+
+from machine import machine_info  # benchmarks/machine.py (the script's folder is on sys.path)
 
 DIM = 256
 
@@ -44,7 +45,7 @@ def measure(name, split, **kwargs):
         "num_gallery": int(split[1].shape[0]),
         "mAP": round(100 * metrics["mAP"], 2),
         "rank1": round(100 * float(metrics["cmc"][0]), 2),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "machine": machine_info(),
     }
     print(json.dumps(record), flush=True)
 

@@ -5,6 +5,7 @@ import os
 import sys
 
 from .precision import PRECISION_FLAGS
+from .search import SearchError
 from .search.cli_commands import fail
 
 __all__ = ["main", "build_parser"]
@@ -48,7 +49,7 @@ def _add_evaluate(subparsers):
     evaluate.add_argument("--gallery-size", type=int, help="CUHK-SYSU gallery size (50..4000, -1 = whole set)")
     evaluate.add_argument("--cross-camera", action="store_true", help="PRW: drop gallery frames of the query camera")
     evaluate.add_argument("--use-gt-boxes", action="store_true", help="also evaluate with ground-truth gallery boxes")
-    evaluate.add_argument("--output", help="folder for the results JSON (default: the config's OUTPUT_DIR)")
+    evaluate.add_argument("--output", help="sets OUTPUT_DIR: results go to <output>/inference/<dataset>/ (default: the config's)")
     evaluate.add_argument("--precision", choices=tuple(PRECISION_FLAGS),
                           help="inference precision, sets TEST.AMP_DTYPE (default: the config's)")
     evaluate.add_argument("--batch-size", type=int, metavar="B",
@@ -68,7 +69,10 @@ def _demo_command(args):
     from .demo import format_summary, run_demo
 
     _setup_logging()
-    summary = run_demo(args.output, config_file=args.config, seed=args.seed, preset=args.preset, opts=args.opts)
+    try:
+        summary = run_demo(args.output, config_file=args.config, seed=args.seed, preset=args.preset, opts=args.opts)
+    except SearchError as e:  # e.g. a model trained too briefly to detect anyone: an index without persons
+        return fail(e)
     print(format_summary(summary))
     return 0
 
@@ -77,7 +81,7 @@ def _evaluate_command(args):
     from detectron2.checkpoint import DetectionCheckpointer
 
     from .engine import PersonSearchTrainer
-    from .search import SearchError, load_search_config
+    from .search import load_search_config
 
     if not os.path.isfile(args.weights):
         return fail(f"weights file {args.weights} does not exist")

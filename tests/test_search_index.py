@@ -9,7 +9,7 @@ import pytest
 
 from person_search.search import GalleryIndex, SearchError, build_index, load_search_config, model_identity, remove_index
 from person_search.search import index as index_module
-from person_search.search.sources import ImageFolderSource, VideoSource, read_video_frames
+from person_search.search.sources import VideoSource, read_video_frames
 
 from conftest import TINY_CONFIG, tiny_cfg
 

@@ -400,7 +400,6 @@ def generate_cuhk_sysu(root: str, *, preset: str = "tiny", num_identities: Optio
     is_test = np.zeros(n_images, bool)
     pool = rng.permutation(n_images)[:n_test_img]
     is_test[pool] = True
-    train_images = np.flatnonzero(~is_test)
     people = rng.integers(ppl[0], ppl[1] + 1, size=n_images)
     capacity = people.copy()
 

@@ -14,7 +14,7 @@ def add_search_subcommands(subparsers):
         "index",
         help="detect and embed every person of an image folder or a video into a search index",
         description="Detect and embed every person of GALLERY (a folder of images, searched recursively, or a video "
-        "file) and store the index in OUTPUT. Rerunning the same command resumes an interrupted run.",
+        "file) and store the index in INDEX_DIR. Rerunning the same command resumes an interrupted run.",
     )
     index.add_argument("gallery", metavar="GALLERY", help="folder of images or video file")
     index.add_argument("--config", required=True, help="person-search config file")
