@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import torch
 from detectron2.data import detection_utils as utils
+from detectron2.utils.visualizer import Visualizer
 
 from person_search.precision import inference_autocast
 
@@ -255,22 +256,23 @@ def draw_results(query_image, query_box, hits, hit_images):
 
 
 def _tile(image, box, label, color):
-    """``image`` letterboxed into a TILE_SIZE cell, ``box`` (original coordinates) and ``label`` drawn."""
+    """``image`` (BGR) letterboxed into a TILE_SIZE cell; ``box`` (original coordinates) and the caption ``label``
+    drawn by detectron2's Visualizer in ``color`` (BGR)."""
     height, width = TILE_SIZE
     tile = np.full((height, width, 3), 127, np.uint8)
+    scale, top, left = 1.0, 0, 0
     if image is not None:
         scale = min(height / image.shape[0], width / image.shape[1])
         size = (max(1, int(image.shape[1] * scale)), max(1, int(image.shape[0] * scale)))
         resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
         top, left = (height - size[1]) // 2, (width - size[0]) // 2
         tile[top : top + size[1], left : left + size[0]] = resized
-        if box is not None:
-            p1 = (int(left + box[0] * scale), int(top + box[1] * scale))
-            p2 = (int(left + box[2] * scale), int(top + box[3] * scale))
-            cv2.rectangle(tile, p1, p2, color, 2)
     else:
         label += " (missing)"
-    cv2.rectangle(tile, (0, 0), (width - 1, 18), (0, 0, 0), -1)
-    cv2.putText(tile, label, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, 1, cv2.LINE_AA)
-    cv2.rectangle(tile, (0, 0), (width - 1, height - 1), (255, 255, 255), 1)
-    return tile
+    rgb = tuple(c / 255 for c in color[::-1])
+    visualizer = Visualizer(tile[:, :, ::-1])
+    if image is not None and box is not None:
+        x1, y1, x2, y2 = box
+        visualizer.draw_box((left + x1 * scale, top + y1 * scale, left + x2 * scale, top + y2 * scale), edge_color=rgb)
+    visualizer.draw_text(label, (4, 2), color=rgb, horizontal_alignment="left", font_size=11)
+    return visualizer.get_output().get_image()[:, :, ::-1]
