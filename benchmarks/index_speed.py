@@ -54,9 +54,11 @@ def synthetic_index(rng, n, dim, chunk=100_000):
 
 
 def queries_near(rng, index, count):
-    """Queries = gallery embeddings plus noise (a query person resembles some indexed persons)."""
+    """Queries = gallery embeddings plus noise of norm ~0.3 (cosine ~0.96 to their source: a query person resembles
+    an indexed one)."""
     picks = rng.integers(0, len(index), count)
-    q = index.embeddings[picks] + 0.3 * rng.standard_normal((count, index.embeddings.shape[1]), dtype=np.float32)
+    dim = index.embeddings.shape[1]
+    q = index.embeddings[picks] + (0.3 / np.sqrt(dim)) * rng.standard_normal((count, dim), dtype=np.float32)
     return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
 
 

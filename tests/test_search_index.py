@@ -224,6 +224,26 @@ def test_faiss_and_numpy_rank_identically():
     assert ids.shape == (1, 5) and sorted(ids[0].tolist()) == [0, 1, 2, 3, 4]
 
 
+def test_numpy_top_k_equals_a_stable_full_sort_with_ties():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        rows, columns = rng.integers(1, 5), rng.integers(1, 40)
+        k = int(rng.integers(1, columns + 1))
+        similarities = rng.integers(-3, 4, (rows, columns)).astype(np.float32)  # many ties
+        expected = np.argsort(-similarities, axis=1, kind="stable")[:, :k]  # ties in index order
+        np.testing.assert_array_equal(index_module._top_k(similarities, k), expected)
+
+
+def test_numpy_search_in_query_chunks_gives_the_same_result(monkeypatch):
+    index = random_index(300, 16, seed=5)
+    queries = random_index(9, 16, seed=6).embeddings
+    whole = index.search(queries, 7, backend="numpy")
+    monkeypatch.setattr(index_module, "_NUMPY_SIMILARITIES_PER_CHUNK", 2 * 300)  # 2 queries per chunk
+    chunked = index.search(queries, 7, backend="numpy")
+    np.testing.assert_array_equal(whole[1], chunked[1])
+    np.testing.assert_allclose(whole[0], chunked[0], atol=1e-6)  # BLAS may round another matrix shape differently
+
+
 def test_auto_backend_switches_to_faiss_on_large_indexes(monkeypatch):
     index = random_index(50, 8, seed=3)
     monkeypatch.setattr(index_module, "FAISS_MIN_BOXES", 40)

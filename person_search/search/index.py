@@ -52,8 +52,11 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 # Images per shard of partial results: an interrupted run loses at most this many images of work.
 SHARD_SIZE = 256
-# "auto" search uses FAISS from this many indexed boxes on (below, one numpy matrix product is as fast).
-FAISS_MIN_BOXES = 50_000
+# "auto" search uses FAISS from this many indexed boxes on. Below, numpy (a matrix product and a partial
+# partition) was as fast or faster at every measured size (benchmarks/index_speed.py, 2 CPU cores: 10k to 1M boxes).
+FAISS_MIN_BOXES = 2_000_000
+# The numpy search computes the similarities of this many (query, box) pairs at a time at most (256 MiB).
+_NUMPY_SIMILARITIES_PER_CHUNK = 1 << 26
 _ARRAYS = ("embeddings", "boxes", "scores", "image_index")
 
 
@@ -461,6 +464,20 @@ def _consolidate(output_dir, shards, manifest):
     return GalleryIndex(output_dir, manifest, **arrays)
 
 
+def _top_k(similarities, k):
+    """Column indices of the ``k`` largest values of each row, largest first, ties in index order: the first ``k``
+    of a stable sort of the whole row, without sorting it (a partial partition finds the k-th largest value)."""
+    num_rows, num_columns = similarities.shape
+    if k == num_columns:
+        return np.argsort(-similarities, axis=1, kind="stable")
+    kth_largest = np.partition(similarities, num_columns - k, axis=1)[:, num_columns - k]
+    top = np.empty((num_rows, k), np.int64)
+    for i, (row, threshold) in enumerate(zip(similarities, kth_largest)):
+        candidates = np.flatnonzero(row >= threshold)  # at least k, in index order (more if the k-th value ties)
+        top[i] = candidates[np.argsort(-row[candidates], kind="stable")[:k]]
+    return top
+
+
 class GalleryIndex:
     """The detected persons of a gallery: embeddings, boxes, scores, their images, exact inner-product search."""
 
@@ -510,8 +527,8 @@ class GalleryIndex:
 
         Args:
             query_embeddings: (Q, D) or (D,) L2-normalised embeddings.
-            backend: "numpy" (one matrix product), "faiss" (exact IndexFlatIP) or "auto" (faiss from
-                :data:`FAISS_MIN_BOXES` boxes on). Both are exact and give the same ranking.
+            backend: "numpy" (matrix products and a partial partition), "faiss" (exact IndexFlatIP) or "auto"
+                (faiss from :data:`FAISS_MIN_BOXES` boxes on). Both are exact and give the same ranking.
 
         Returns:
             (scores, indices): (Q, k) float32 similarities and int64 box indices, k = min(topk, len(self)).
@@ -531,9 +548,14 @@ class GalleryIndex:
         if backend == "faiss" or (backend == "auto" and len(self) >= FAISS_MIN_BOXES):
             scores, indices = self._faiss().search(queries, k)
             return scores, indices.astype(np.int64)
-        similarities = queries @ self.embeddings.T
-        indices = np.argsort(-similarities, axis=1, kind="stable")[:, :k]  # stable: ties keep index order
-        return np.take_along_axis(similarities, indices, axis=1), indices
+        rows_per_chunk = max(1, _NUMPY_SIMILARITIES_PER_CHUNK // len(self))
+        scores, indices = [], []
+        for start in range(0, len(queries), rows_per_chunk):
+            similarities = queries[start : start + rows_per_chunk] @ self.embeddings.T
+            top = _top_k(similarities, k)
+            scores.append(np.take_along_axis(similarities, top, axis=1))
+            indices.append(top)
+        return np.concatenate(scores), np.concatenate(indices)
 
     def _faiss(self):
         if self._faiss_index is None:
