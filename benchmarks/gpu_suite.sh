@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements of benchmarks/README.md in one command, for one `device` tool call (4 minutes on an H100 on
-# 2026-11-26, the torch.compile run included, before the proposals-mode run and 3 rounds were added: allow 6-7).
+# 2026-11-26, the torch.compile run included, before the proposals-mode run and the rounds were added: allow 8-9;
+# a call's time limit keeps every result file finished before it).
 # Most important first; each result file is complete when its run ends, so a cut-off call keeps them.
 #
 # Here, once, with the project venv active (builds .whl/ for the GPU machine's Python 3.12):
@@ -13,7 +14,8 @@ set -uo pipefail  # a failed measurement is reported and the next one still runs
 out=${OUT_DIR:?set OUT_DIR to the results folder}
 iters=${ITERS:-10}
 warmup=${WARMUP:-3}
-rounds=${ROUNDS:-3}  # the 900x1500 C4 comparisons: bare and ours alternately, medians (single ratios varied 14 %)
+rounds=${ROUNDS:-3}  # the 900x1500 C4 comparisons: bare and ours alternately, medians (single ratios varied 14 %);
+                     # the other runs use model_speed.py's default of 2 rounds
 mkdir -p "$out"
 export PYTHONPATH=$PWD  # benchmarks/*.py import person_search from the repository root
 if [ -d .whl ]; then

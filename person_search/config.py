@@ -73,9 +73,9 @@ def add_person_search_config(cfg):
     _C.SOLVER.AMP_DTYPE = ""
     # Mixed precision of inference (evaluation, `person_search index` / `query`): "" (fp32), "bf16" or "fp16".
     # Boxes, scores and embeddings are returned in fp32. How closely embeddings follow fp32 inference depends on the
-    # weights and input (benchmarks/model_speed.py --check; README there): 1e-3 per component for a random-init
-    # R50-C4 at 600x1000, 0.04 at 900x1500, 0.12-0.16 once its embedding BatchNorm statistics had drifted (H100,
-    # before the embedding head computed in fp32); the demo's trained model keeps its search mAP.
+    # weights and input (benchmarks/model_speed.py --check; README there): on an H100, 1e-3 per component for a
+    # random-init R50-C4 without training steps, 0.02-0.16 after BatchNorm statistics had drifted in lr-0 training
+    # steps (before the embedding head computed in fp32); the demo's trained model keeps its search mAP.
     _C.TEST.AMP_DTYPE = ""
     # Convolution weights channels-last (NHWC) for training and inference: faster on GPUs with tensor cores, most
     # of all under AMP (person_search.modeling.apply_memory_format).
