@@ -8,10 +8,12 @@ current stack. Three things break, each handled here and each a no-op where the 
   not used by an upright-box Faster R-CNN. A stand-in module lets everything import; calling one of its ops
   raises :class:`MissingCompiledOpError` naming the op and how to get it.
 * Pillow >= 10 removed ``Image.LINEAR`` (a default argument in ``detectron2.data.transforms``).
-* setuptools >= 81 removed ``pkg_resources`` (``detectron2.model_zoo`` uses ``resource_filename``).
+* setuptools >= 81 removed ``pkg_resources`` (``detectron2.model_zoo`` uses ``resource_filename``); a stand-in is
+  visible only while that module is imported.
 
 :func:`apply` must run before detectron2's submodules are imported; ``import person_search`` does it first.
 """
+import importlib
 import importlib.util
 import sys
 import types
@@ -22,7 +24,7 @@ _FIX_HINT = (
     "This detectron2 was installed without its compiled operators (detectron2._C), e.g. the pure-Python "
     "detectron2 0.6 that `make` installs from the package index. Upright-box Faster R-CNN person search does not "
     "need them. To use this op, install the official detectron2 from source: "
-    "python -m pip install 'git+https://github.com/facebookresearch/detectron2.git'"
+    "python -m pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'"
 )
 
 
@@ -96,11 +98,17 @@ def _resource_filename(package, resource):
 
 
 def _patch_pkg_resources():
+    """Import ``detectron2.model_zoo.model_zoo`` (its only user of ``pkg_resources``) with a stand-in that is
+    removed right after: other code keeps finding ``pkg_resources`` missing, and its own fallbacks still work."""
     if "pkg_resources" in sys.modules or importlib.util.find_spec("pkg_resources") is not None:
         return False
     shim = types.ModuleType("pkg_resources", "person_search shim: resource_filename only (setuptools >= 81)")
     shim.resource_filename = _resource_filename
     sys.modules["pkg_resources"] = shim
+    try:
+        importlib.import_module("detectron2.model_zoo.model_zoo")
+    finally:
+        del sys.modules["pkg_resources"]
     return True
 
 

@@ -45,5 +45,19 @@ def test_apply_is_a_no_op_on_a_complete_stack():
     assert out.splitlines() == ["[]", "untouched"]
 
 
+def test_pkg_resources_stand_in_is_not_left_behind():
+    # code that probes for pkg_resources (pytest, debuggers, namespace packages) must not find a partial module
+    out = run_python(
+        "import importlib.util, sys\n"
+        "had = importlib.util.find_spec('pkg_resources') is not None\n"
+        "import person_search\n"
+        "from detectron2 import model_zoo\n"
+        "model_zoo.get_config_file('COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml')\n"
+        "print(had, 'pkg_resources' in sys.modules)\n"
+    )
+    had, present = out.splitlines()[-1].split()
+    assert present == had  # present only if setuptools itself provides it
+
+
 def test_apply_is_idempotent():
     assert compat.apply() == compat.apply()
