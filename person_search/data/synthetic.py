@@ -6,8 +6,8 @@ loaders must survive: CUHK-SYSU boxes stored as uint8 when they fit (so ``x + w`
 coordinates, CRLF lines in ``query_info.txt`` and non-contiguous raw pids.
 
 Every image is planned from its own random stream (``seed``, dataset, image index), so annotations do not depend on
-whether images are drawn (``write_images=False`` writes annotations only) and a seed gives identical content (PRW's .mat files, written by scipy's savemat, differ only in the creation
-time in their headers).
+whether images are drawn (``write_images=False`` writes annotations only) and a seed gives identical content (PRW's
+.mat files, written by scipy's savemat, differ only in the creation time in their headers).
 
 A ``synthetic.json`` marker in the output root records the generator, its parameters and the identities' traits.
 Generators refuse to write into a non-empty folder without that marker unless ``overwrite=True``; with the marker,
