@@ -19,8 +19,15 @@ __all__ = ["run_demo", "DEMO_CONFIG"]
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO_CONFIG = os.path.join(REPO_ROOT, "configs", "Synthetic", "oim_tiny_C4_synthetic_demo.yaml")
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# The repository's configs/ in a clone (also with `pip install -e .`); setup.py installs a copy as
+# person_search/configs for `pip install .`.
+_CONFIGS = next(
+    (d for d in (os.path.join(os.path.dirname(_PACKAGE_DIR), "configs"), os.path.join(_PACKAGE_DIR, "configs"))
+     if os.path.isdir(d)),
+    os.path.join(_PACKAGE_DIR, "configs"),
+)
+DEMO_CONFIG = os.path.join(_CONFIGS, "Synthetic", "oim_tiny_C4_synthetic_demo.yaml")
 DATASET_PREFIX = "synthetic_cuhk_sysu"
 
 

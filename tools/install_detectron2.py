@@ -27,6 +27,8 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.error
+import urllib.parse
 import urllib.request
 
 SDIST_NAME = "pb1-detectron2-0.6.tar.gz"
@@ -45,21 +47,50 @@ setup(
 '''
 
 
-def sdist_url(index_url):
-    request = urllib.request.Request(
-        index_url.rstrip("/") + "/pb1-detectron2/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+ALTERNATIVES = (
+    "Alternatives: pass the index with --index-url; install the official detectron2 from source "
+    "(README.md, 'Installing detectron2'); or build a wheel with --wheel-dir on a machine that reaches the index."
+)
+
+
+def default_index_url():
+    """The index pip uses here: $PIP_INDEX_URL, else pip's configured global.index-url, else PyPI."""
+    if os.environ.get("PIP_INDEX_URL"):
+        return os.environ["PIP_INDEX_URL"]
+    configured = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "get", "global.index-url"], capture_output=True, text=True
     )
-    with urllib.request.urlopen(request, timeout=120) as response:
-        files = json.load(response)["files"]
+    return configured.stdout.strip() if configured.returncode == 0 and configured.stdout.strip() else (
+        "https://pypi.org/simple"
+    )
+
+
+def fetch(url, what, accept=None):
+    """The body of ``url``, or an exit naming ``what`` could not be fetched and the alternatives."""
+    request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return response.read()
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise SystemExit(f"error: cannot fetch {what} from {url} ({e}). {ALTERNATIVES}")
+
+
+def sdist_url(index_url):
+    page = index_url.rstrip("/") + "/pb1-detectron2/"
+    body = fetch(page, "the pb1-detectron2 project page", accept="application/vnd.pypi.simple.v1+json")
+    try:
+        files = json.loads(body)["files"]
+    except (ValueError, KeyError, TypeError):
+        raise SystemExit(f"error: {page} did not answer with the JSON simple API (PEP 691). {ALTERNATIVES}")
     for entry in files:
-        if entry["filename"] == SDIST_NAME:
-            return entry["url"]
-    raise SystemExit(f"error: {SDIST_NAME} is not listed by {index_url}/pb1-detectron2/")
+        if entry.get("filename") == SDIST_NAME:
+            return urllib.parse.urljoin(page, entry["url"])  # mirrors may give URLs relative to the page
+    raise SystemExit(f"error: {SDIST_NAME} is not listed by {page}. {ALTERNATIVES}")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--index-url", default=os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple"))
+    parser.add_argument("--index-url", help="package index (default: pip's, from $PIP_INDEX_URL or pip config)")
     parser.add_argument("--wheel-dir", help="build a wheel into this folder instead of installing")
     args = parser.parse_args()
 
@@ -71,12 +102,14 @@ def main():
     if args.wheel_dir is None and importlib.util.find_spec("torch") is None:
         raise SystemExit(f"error: install torch into {sys.executable} before detectron2")
 
-    url = sdist_url(args.index_url)
-    with urllib.request.urlopen(url, timeout=300) as response:
-        data = response.read()
+    url = sdist_url(args.index_url or default_index_url())
+    data = fetch(url, SDIST_NAME)
     digest = hashlib.sha256(data).hexdigest()
     if digest != SDIST_SHA256:
-        raise SystemExit(f"error: {url} has sha256 {digest}, expected {SDIST_SHA256}; refusing to install it")
+        raise SystemExit(
+            f"error: {url} has sha256 {digest}, expected {SDIST_SHA256}: not the file this script was checked "
+            f"with, so it is not installed. {ALTERNATIVES}"
+        )
 
     with tempfile.TemporaryDirectory() as tmp:
         prefix = "pb1-detectron2-0.6/"
@@ -84,7 +117,9 @@ def main():
             members = [m for m in archive.getmembers() if m.name.startswith(prefix + "detectron2/")]
             for member in members:
                 member.name = member.name[len(prefix):]
-            archive.extractall(tmp, members=members, filter="data")
+            # the archive's sha256 is pinned; the "data" filter (Python >= 3.11.4 / 3.10.12) is a second guard
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            archive.extractall(tmp, members=members, **safe)
         with open(os.path.join(tmp, "setup.py"), "w") as f:
             f.write(SETUP_PY)
         if args.wheel_dir is not None:
