@@ -121,6 +121,12 @@ def apply():
     Returns a dict saying which adaptations were needed (all False on a complete detectron2 / old stack).
     """
     global _applied
+    if importlib.util.find_spec("detectron2") is None:
+        raise ImportError(
+            f"person_search needs detectron2, which this Python ({sys.executable}) cannot import: run "
+            "`python tools/install_detectron2.py` (a pure-Python detectron2 0.6 from the package index) or install "
+            "the official detectron2 (README.md, 'Installing detectron2')"
+        )
     if _applied is None:
         _applied = {
             "missing_compiled_ops": _install_missing_ops_fallback(),

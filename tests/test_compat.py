@@ -4,6 +4,7 @@ import sys
 
 import pytest
 
+from conftest import REPO_ROOT
 from person_search import compat
 
 
@@ -57,6 +58,14 @@ def test_pkg_resources_stand_in_is_not_left_behind():
     )
     had, present = out.splitlines()[-1].split()
     assert present == had  # present only if setuptools itself provides it
+
+
+def test_missing_detectron2_is_named_with_the_fix(tmp_path):
+    # -S: no site-packages, so no detectron2 (the check comes before anything else is imported)
+    result = subprocess.run([sys.executable, "-S", "-c", "import person_search"], capture_output=True, text=True,
+                            cwd=tmp_path, env={"PYTHONPATH": REPO_ROOT})
+    assert result.returncode == 1
+    assert "person_search needs detectron2" in result.stderr and "tools/install_detectron2.py" in result.stderr
 
 
 def test_apply_is_idempotent():
