@@ -11,7 +11,7 @@ import re
 
 import torch
 
-__all__ = ["convert_torchvision_resnet", "save_detectron2_weights", "TORCHVISION_INPUT_CONFIG"]
+__all__ = ["convert_torchvision_resnet", "resnet_state_dict", "save_detectron2_weights", "TORCHVISION_INPUT_CONFIG"]
 
 # Config overrides for backbones initialised from torchvision ImageNet weights (pixel values in 0..255).
 TORCHVISION_INPUT_CONFIG = {
@@ -40,6 +40,17 @@ def _rename(name):
     rest = re.sub(r"^downsample\.0\.", "shortcut.", rest)
     rest = re.sub(r"^downsample\.1\.", "shortcut.norm.", rest)
     return f"res{stage}.{block}.{rest}"
+
+
+def resnet_state_dict(checkpoint):
+    """The ResNet parameters of a loaded torchvision checkpoint: a plain state dict, or a training checkpoint
+    holding it under ``model`` / ``state_dict`` (torchvision's reference scripts), with DistributedDataParallel's
+    ``module.`` prefix removed."""
+    for key in ("model", "state_dict"):
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+            break
+    return {name[len("module."):] if name.startswith("module.") else name: value for name, value in checkpoint.items()}
 
 
 def convert_torchvision_resnet(state_dict):

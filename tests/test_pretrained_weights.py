@@ -96,3 +96,22 @@ def test_conversion_rejects_other_state_dicts():
         convert_torchvision_resnet({"conv1.weight": torch.zeros(1), "head.weight": torch.zeros(1)})
     with pytest.raises(ValueError, match="conv1.weight"):
         convert_torchvision_resnet({"fc.weight": torch.zeros(1)})
+
+
+def test_conversion_tool_reads_training_checkpoints(tmp_path):
+    # torchvision's reference training scripts save {"model": DDP-prefixed state dict, "args": Namespace, ...}
+    import argparse
+    import subprocess
+    import sys
+
+    tv = torchvision.models.resnet18(weights=None)
+    checkpoint = {"model": {"module." + k: v for k, v in tv.state_dict().items()}, "epoch": 3,
+                  "args": argparse.Namespace(lr=0.1)}
+    torch.save(checkpoint, tmp_path / "checkpoint.pth")
+    out = tmp_path / "weights" / "R-18-torchvision.pkl"  # the folder does not exist yet
+    result = subprocess.run([sys.executable, f"{REPO_ROOT}/tools/convert_torchvision_resnet.py",
+                             str(tmp_path / "checkpoint.pth"), str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(out, "rb") as f:
+        weights = pickle.load(f)["model"]
+    np.testing.assert_array_equal(weights["res5.1.conv2.weight"], tv.state_dict()["layer4.1.conv2.weight"].numpy())

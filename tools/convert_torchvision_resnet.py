@@ -11,12 +11,17 @@ import os
 
 import torch
 
-from person_search.checkpoint import TORCHVISION_INPUT_CONFIG, convert_torchvision_resnet, save_detectron2_weights
+from person_search.checkpoint import (
+    TORCHVISION_INPUT_CONFIG,
+    convert_torchvision_resnet,
+    resnet_state_dict,
+    save_detectron2_weights,
+)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("input", help="torchvision ResNet state dict (.pth)")
+    parser.add_argument("input", help="torchvision ResNet state dict (.pth), or a training checkpoint holding one")
     parser.add_argument("output", help="detectron2 weights file to write (.pkl)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     args = parser.parse_args()
@@ -24,9 +29,11 @@ def main():
         parser.error(f"input file {args.input} does not exist")
     if os.path.exists(args.output) and not args.overwrite:
         parser.error(f"{args.output} exists; pass --overwrite to replace it")
-    state = torch.load(args.input, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    weights = convert_torchvision_resnet(state)
+    # torchvision's training scripts also save their argparse.Namespace: a plain container, safe to load
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        checkpoint = torch.load(args.input, map_location="cpu", weights_only=True)
+    weights = convert_torchvision_resnet(resnet_state_dict(checkpoint))
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     save_detectron2_weights(weights, args.output)
     print(f"wrote {len(weights)} tensors to {args.output}; train with:")
     for key, value in TORCHVISION_INPUT_CONFIG.items():
