@@ -473,8 +473,8 @@ def bench_check(args, models, emit, device, gen):
     emit("check.detection_embeddings.max_abs_diff", emb_max, "abs", None, min_cosine=min_cosine,
          box_max_abs_diff=float(torch.stack(box_diffs).max()) if box_diffs else None,
          matched=matched, fp32_detections=total, bf16_detections=sum(len(x) for x in low),
-         within_tolerance=None if emb_max is None else (
-             _agrees(args, emb_max, min_cosine) and matched == total  # every fp32 detection has its bf16 twin
+         within_tolerance=None if total == 0 else (  # None: no fp32 detection to compare
+             matched == total and _agrees(args, emb_max, min_cosine)  # every fp32 detection has its bf16 twin
          ), **common)
 
     queries, boxes = query_batches(gen, 1, args.batch, args.height, args.width, device)[0]

@@ -20,14 +20,15 @@ __all__ = ["run_demo", "DEMO_CONFIG"]
 logger = logging.getLogger(__name__)
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-# The repository's configs/ in a clone (also with `pip install -e .`); setup.py installs a copy as
-# person_search/configs for `pip install .`.
-_CONFIGS = next(
-    (d for d in (os.path.join(os.path.dirname(_PACKAGE_DIR), "configs"), os.path.join(_PACKAGE_DIR, "configs"))
-     if os.path.isdir(d)),
-    os.path.join(_PACKAGE_DIR, "configs"),
+_DEMO_CONFIG_NAME = os.path.join("Synthetic", "oim_tiny_C4_synthetic_demo.yaml")
+# The copy of configs/ that setup.py installs as person_search/configs (`pip install .`), else the repository's
+# configs/ (a clone, also with `pip install -e .`).
+_INSTALLED_CONFIG = os.path.join(_PACKAGE_DIR, "configs", _DEMO_CONFIG_NAME)
+DEMO_CONFIG = (
+    _INSTALLED_CONFIG
+    if os.path.isfile(_INSTALLED_CONFIG)
+    else os.path.join(os.path.dirname(_PACKAGE_DIR), "configs", _DEMO_CONFIG_NAME)
 )
-DEMO_CONFIG = os.path.join(_CONFIGS, "Synthetic", "oim_tiny_C4_synthetic_demo.yaml")
 DATASET_PREFIX = "synthetic_cuhk_sysu"
 
 

@@ -294,7 +294,7 @@ def test_clear_errors(tmp_path, gallery):
     write_video(tmp_path / "no_frames.avi", 0, 5)
     with pytest.raises(SearchError, match="no_frames.avi yields no images"):
         build_index(cfg, "", str(tmp_path / "no_frames.avi"), str(tmp_path / "video_index"), allow_random_weights=True)
-    assert not os.path.exists(tmp_path / "video_index" / "manifest.json")
+    assert not os.path.exists(tmp_path / "video_index")  # no partial index left behind
 
 
 def test_index_never_touches_a_folder_it_did_not_write(tmp_path, gallery):
@@ -308,6 +308,10 @@ def test_index_never_touches_a_folder_it_did_not_write(tmp_path, gallery):
     with pytest.raises(SearchError, match="is not empty and holds no index"):
         remove_index(str(user))
     assert (user / "config.yaml").read_text() == "mine" and (user / "shards" / "notes.txt").read_text() == "mine too"
+    (user / "manifest.json").write_text('{"name": "my web app"}')  # a manifest.json that is not an index's
+    with pytest.raises(SearchError, match="is not empty and holds no index"):
+        remove_index(str(user))
+    assert (user / "manifest.json").exists() and (user / "config.yaml").exists()
     (tmp_path / "a_file").write_text("")
     with pytest.raises(SearchError, match="is a file, expected a directory"):
         build_index(cfg, "", gallery, str(tmp_path / "a_file"), **BUILD_ARGS)
@@ -317,6 +321,7 @@ def test_remove_index_keeps_other_files(built, gallery, tmp_path):
     out = tmp_path / "index"
     build_index(tiny_cfg(*FAST_OPTS), "", gallery, str(out), **BUILD_ARGS)
     (out / "my_notes.txt").write_text("keep")
+    (out / "embeddings.npy.tmp").write_bytes(b"left by an interrupted write")
     remove_index(str(out))
     assert os.listdir(out) == ["my_notes.txt"]
     os.remove(out / "my_notes.txt")

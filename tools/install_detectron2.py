@@ -19,6 +19,7 @@ Usage: python tools/install_detectron2.py [--index-url URL]
 """
 import argparse
 import hashlib
+import http.client
 import importlib.util
 import io
 import json
@@ -27,7 +28,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -54,15 +54,15 @@ ALTERNATIVES = (
 
 
 def default_index_url():
-    """The index pip uses here: $PIP_INDEX_URL, else pip's configured global.index-url, else PyPI."""
+    """The index pip uses here: $PIP_INDEX_URL, else pip's configured index-url ([install], then [global]), else
+    PyPI."""
     if os.environ.get("PIP_INDEX_URL"):
         return os.environ["PIP_INDEX_URL"]
-    configured = subprocess.run(
-        [sys.executable, "-m", "pip", "config", "get", "global.index-url"], capture_output=True, text=True
-    )
-    return configured.stdout.strip() if configured.returncode == 0 and configured.stdout.strip() else (
-        "https://pypi.org/simple"
-    )
+    for key in ("install.index-url", "global.index-url"):
+        configured = subprocess.run([sys.executable, "-m", "pip", "config", "get", key], capture_output=True, text=True)
+        if configured.returncode == 0 and configured.stdout.strip():
+            return configured.stdout.strip()
+    return "https://pypi.org/simple"
 
 
 def fetch(url, what, accept=None):
@@ -71,7 +71,7 @@ def fetch(url, what, accept=None):
     try:
         with urllib.request.urlopen(request, timeout=300) as response:
             return response.read()
-    except (urllib.error.URLError, OSError, ValueError) as e:
+    except (OSError, ValueError, http.client.HTTPException) as e:  # URLError is an OSError; a cut-off download
         raise SystemExit(f"error: cannot fetch {what} from {url} ({e}). {ALTERNATIVES}")
 
 

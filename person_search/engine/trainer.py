@@ -191,7 +191,9 @@ class PersonSearchTrainer(DefaultTrainer):
         # Evaluation draws random numbers (a DataLoader seeds itself from torch's generator): without its own
         # generator state, a run evaluated at a checkpoint iteration would continue differently from one resumed
         # from that checkpoint.
-        cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        device = next(model.parameters()).device
+        cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+            if device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda_devices):
             results = cls._evaluate_all(cfg, model, evaluators)
         if comm.is_main_process():

@@ -52,10 +52,12 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 # Images per shard of partial results: an interrupted run loses at most this many images of work.
 SHARD_SIZE = 256
-# "auto" search uses FAISS from this many indexed boxes on. Below, numpy (a matrix product and a partial
-# partition) was as fast or faster at every measured size (benchmarks/index_speed.py, 2 CPU cores: 10k to 1M boxes).
+# "auto" search uses FAISS from this many indexed boxes on. numpy (a matrix product and a partial partition) was
+# faster at every measured size (benchmarks/index_speed.py, 2 CPU cores: 10k to 1M boxes); the threshold past them
+# is a judgement, not a measurement (FAISS then avoids numpy's per-query similarity rows of every box).
 FAISS_MIN_BOXES = 2_000_000
-# The numpy search computes the similarities of this many (query, box) pairs at a time at most (256 MiB).
+# The numpy search computes the similarities of this many (query, box) pairs at a time at most: 256 MiB of float32,
+# twice that at the peak (the partition works on a copy).
 _NUMPY_SIMILARITIES_PER_CHUNK = 1 << 26
 _ARRAYS = ("embeddings", "boxes", "scores", "image_index")
 
@@ -281,13 +283,30 @@ def _read_json(path):
         raise SearchError(f"{path} is damaged (not valid JSON: {e})") from e
 
 
+def json_object(path):
+    """The JSON object (dict) stored in ``path``; None if the file is missing, unreadable or holds no object."""
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def require_directory(path, what):
+    """Raise unless ``path`` is a directory or does not exist yet."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise SearchError(f"{what} {path} is a file, expected a directory")
+
+
 def remove_index(index_dir):
     """Delete the files of a (finished or partial) index written by :func:`build_index`, and the folder if
     that leaves it empty. Other files are kept; a folder without an index is refused."""
     _check_output_dir(index_dir)
     if not os.path.isdir(index_dir):
         return
-    for name in ("manifest.json", "progress.json", "config.yaml", *(f"{a}.npy" for a in _ARRAYS)):
+    names = ("manifest.json", "progress.json", "config.yaml", *(f"{a}.npy" for a in _ARRAYS))
+    for name in names + tuple(n + ".tmp" for n in names):  # .tmp: left by an interrupted _atomic_write
         path = os.path.join(index_dir, name)
         if os.path.isfile(path):
             os.remove(path)
@@ -297,16 +316,16 @@ def remove_index(index_dir):
 
 
 def _check_output_dir(output_dir):
-    """Refuse an output path that is a file, or a non-empty folder that ``build_index`` did not write: indexing
-    writes and deletes files there."""
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise SearchError(f"index output {output_dir} is a file, expected a directory")
+    """Refuse an output path that is a file, or a non-empty folder that ``build_index`` did not write (its
+    manifest.json or progress.json records a build key): indexing writes and deletes files there."""
+    require_directory(output_dir, "index output")
     if not os.path.isdir(output_dir) or not os.listdir(output_dir):
         return
-    if not any(os.path.isfile(os.path.join(output_dir, f)) for f in ("manifest.json", "progress.json")):
+    records = (json_object(os.path.join(output_dir, f)) for f in ("manifest.json", "progress.json"))
+    if not any(r is not None and "build_key" in r for r in records):
         raise SearchError(
-            f"{output_dir} is not empty and holds no index (no manifest.json or progress.json): use a new or empty "
-            "directory (nothing in it was changed)"
+            f"{output_dir} is not empty and holds no index (no manifest.json or progress.json written by "
+            "`person-search index`): use a new or empty directory (nothing in it was changed)"
         )
 
 
@@ -367,6 +386,7 @@ def build_index(
         check_score_threshold(cfg, score_thresh, "the index's score threshold")
     except ValueError as e:
         raise SearchError(str(e)) from e
+    _check_output_dir(output_dir)  # before the slow model build
     source = open_gallery_source(gallery, video_every=video_every, image_format=cfg.INPUT.FORMAT)
     model, identity = build_search_model(cfg, weights, allow_random_weights=allow_random_weights, seed=seed)
     build_key = hashlib.sha256(
@@ -376,7 +396,6 @@ def build_index(
             + (["channels_last"] if cfg.MODEL.CHANNELS_LAST else [])  # so does the memory format, by rounding
         ).encode()
     ).hexdigest()
-    _check_output_dir(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     manifest_path = os.path.join(output_dir, "manifest.json")
     if os.path.isfile(manifest_path):
@@ -389,7 +408,12 @@ def build_index(
 
     writer = _ShardWriter(output_dir, build_key, _load_progress(output_dir, build_key), cfg.MODEL.REID.EMBED_DIM)
     writer.write_progress()
-    _run(source, _Detector(model, cfg, score_thresh), writer, batch_size, shard_size)
+    try:
+        _run(source, _Detector(model, cfg, score_thresh), writer, batch_size, shard_size)
+    except SearchError:
+        if not writer.shards:  # bad input before any result: leave no partial index behind
+            remove_index(output_dir)
+        raise
     with open(os.path.join(output_dir, "config.yaml"), "w") as f:
         f.write(cfg.dump())
 

@@ -12,7 +12,7 @@ from detectron2.utils.visualizer import Visualizer
 
 from person_search.precision import inference_autocast
 
-from .index import GalleryIndex, build_search_model, load_search_config, model_identity
+from .index import GalleryIndex, build_search_model, json_object, load_search_config, model_identity, require_directory
 from .sources import UNREADABLE_IMAGE_ERRORS, SearchError, read_video_frames
 
 __all__ = ["parse_box", "check_box", "embed_query", "search_person", "draw_results"]
@@ -94,8 +94,7 @@ def _query_model(index, cfg, weights, force):
         if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
             # the device is not part of the model identity: an index built on a GPU can be queried on a CPU
             logger.warning(f"index {index.root} was built on {cfg.MODEL.DEVICE}; no GPU here, querying on the CPU")
-            cfg = cfg.clone()
-            cfg.defrost()
+            cfg.defrost()  # loaded just above: nobody else holds it
             cfg.MODEL.DEVICE = "cpu"
             cfg.freeze()
     seed = recorded["random_seed"] if recorded["random_seed"] is not None else 0
@@ -183,17 +182,10 @@ def _hit(index, rank, score, box_idx):
 def _result_files(out_dir):
     """Paths of results.json and results.jpg in ``out_dir``, after checking that writing them loses nothing: an
     existing results.json / results.jpg is replaced only if an earlier query wrote it."""
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise SearchError(f"query output {out_dir} is a file, expected a directory")
+    require_directory(out_dir, "query output")
     files = {"json": os.path.join(out_dir, "results.json"), "picture": os.path.join(out_dir, "results.jpg")}
-    earlier = None
-    if os.path.isfile(files["json"]):
-        try:
-            with open(files["json"]) as f:
-                earlier = json.load(f)
-        except (OSError, ValueError):
-            pass
-    ours = isinstance(earlier, dict) and {"query", "hits"} <= set(earlier)
+    earlier = json_object(files["json"])
+    ours = earlier is not None and {"query", "hits"} <= set(earlier)
     for path in files.values():
         if os.path.exists(path) and not ours:
             raise SearchError(f"{path} exists and was not written by a query: choose another output directory")
