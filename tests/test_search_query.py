@@ -205,3 +205,16 @@ def test_query_a_video_index(tmp_path):
     assert top["score"] == pytest.approx(1.0, abs=1e-4) and top["box"] == pytest.approx(box)
     assert top["frame"] == frame and top["time"] == pytest.approx(frame / 4.0) and top["image"] == str(video)
     assert cv2.imread(result["files"]["picture"]).shape == (TILE_SIZE[0], 3 * TILE_SIZE[1], 3)
+
+    # the same person queried straight from the video frame, through the command line
+    out = tmp_path / "from_video"
+    argv = ["query", str(tmp_path / "index"), "--image", str(video), "--frame", str(frame),
+            "--box", ",".join(str(v) for v in box), "--topk", "2", "--out", str(out)]
+    assert cli_main(argv) == 0
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["query"]["frame"] == frame and saved["query"]["image"] == str(video)
+    assert saved["hits"][0]["score"] == pytest.approx(1.0, abs=1e-4) and saved["hits"][0]["frame"] == frame
+    with pytest.raises(SearchError, match="has no frame 7"):
+        search_person(index, str(video), box, frame=7)
+    with pytest.raises(SearchError, match="query video .*missing.avi does not exist"):
+        search_person(index, str(tmp_path / "missing.avi"), box, frame=0)

@@ -54,8 +54,11 @@ class PersonSearchDatasetMapper:
         }
 
     def __call__(self, dataset_dict):
+        return self.map_image(dataset_dict, utils.read_image(dataset_dict["file_name"], format=self.image_format))
+
+    def map_image(self, dataset_dict, image):
+        """What ``__call__`` returns, for an image already decoded in the mapper's format (e.g. a video frame)."""
         dataset_dict = copy.deepcopy(dataset_dict)  # modified below
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
         utils.check_image_size(dataset_dict, image)
         aug_input = T.AugInput(image)
         transforms = self.augmentations(aug_input)

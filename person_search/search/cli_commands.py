@@ -46,6 +46,8 @@ def add_search_subcommands(subparsers):
     query.add_argument("index_dir", metavar="INDEX_DIR", help="index directory written by `person-search index`")
     query.add_argument("--image", required=True, help="image showing the query person")
     query.add_argument("--box", required=True, metavar="x1,y1,x2,y2", help="the query person's box in pixels")
+    query.add_argument("--frame", type=int, metavar="N",
+                       help="the person is in frame N (0-based) of a video: --image is then the video file")
     query.add_argument("--topk", type=int, default=10, help="number of hits")
     query.add_argument("--out", required=True, metavar="DIR", help="output directory")
     query.add_argument("--config", default=None, help="config file (default: the one recorded in the index)")
@@ -120,6 +122,7 @@ def _query_command(args):
             weights=args.weights,
             force=args.force,
             backend=args.backend,
+            frame=args.frame,
         )
     except (SearchError, FileNotFoundError) as e:
         return fail(e)

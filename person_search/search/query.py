@@ -66,20 +66,35 @@ def _read_image(path, image_format):
         raise SearchError(f"cannot read query image {path}: {e}") from e
 
 
+def _query_image(path, frame, image_format):
+    """The query picture: the image file ``path``, or frame ``frame`` of the video ``path``."""
+    if frame is None:
+        return _read_image(path, image_format)
+    if frame < 0:
+        raise SearchError(f"query frame must be >= 0, got {frame}")
+    if not os.path.isfile(path):
+        raise SearchError(f"query video {path} does not exist")
+    image = read_video_frames(path, [frame], image_format).get(frame)
+    if image is None:
+        raise SearchError(f"query video {path} has no frame {frame}")
+    return image
+
+
 @torch.no_grad()
-def embed_query(model, cfg, image_path, box):
-    """The (D,) embedding of ``box`` (x1, y1, x2, y2, original coordinates) in ``image_path``.
+def embed_query(model, cfg, image_path, box, *, frame=None):
+    """The (D,) embedding of ``box`` (x1, y1, x2, y2, original coordinates) in ``image_path`` (with ``frame``:
+    in that frame of the video ``image_path``).
 
     Uses the evaluation's query path: :class:`PersonSearchDatasetMapper` (test-time resize, the box as
     ``given_instances``) and ``model.inference(..., detected_instances=...)``.
     """
     from person_search.data import PersonSearchDatasetMapper
 
-    image = _read_image(image_path, cfg.INPUT.FORMAT)
+    image = _query_image(image_path, frame, cfg.INPUT.FORMAT)
     height, width = image.shape[:2]
     box = check_box(box, width, height, image_path)
     record = {"file_name": image_path, "image_id": os.path.basename(image_path), "height": height, "width": width}
-    inputs = PersonSearchDatasetMapper(cfg, is_train=False)(dict(record, query_box=box))
+    inputs = PersonSearchDatasetMapper(cfg, is_train=False).map_image(dict(record, query_box=box), image)
     given = inputs["given_instances"].to(model.device)
     with inference_autocast(cfg):
         (output,) = model.inference([inputs], detected_instances=[given])
@@ -127,20 +142,22 @@ def search_person(
     weights=None,
     force=False,
     backend="auto",
+    frame=None,
 ):
     """Rank the indexed persons by similarity to the person in ``box`` of ``image_path``.
 
     Args:
         index_dir_or_index: an index directory or a loaded :class:`GalleryIndex`.
         box: [x1, y1, x2, y2] in the image's pixel coordinates.
+        frame: if given, ``image_path`` is a video and the person is in this frame (0-based) of it.
         out_dir: if given, write ``results.json`` and ``results.jpg`` (query crop + top hits) there.
         cfg, weights: the query model; default: the config and weights recorded in the index. A model that
             differs from the index's is refused unless ``force``.
         backend: the search backend of :meth:`GalleryIndex.search`.
 
     Returns:
-        dict with ``query`` (image, box, index), ``hits`` (rank, score, image, path, box, det_score, frame, time,
-        best first) and, with ``out_dir``, ``files`` (paths of the JSON and the picture).
+        dict with ``query`` (image, frame, box, index), ``hits`` (rank, score, image, path, box, det_score, frame,
+        time, best first) and, with ``out_dir``, ``files`` (paths of the JSON and the picture).
     """
     index = index_dir_or_index
     if not isinstance(index, GalleryIndex):
@@ -151,15 +168,16 @@ def search_person(
         raise SearchError(f"topk must be >= 1, got {topk}")
     image_path = os.path.abspath(image_path)
     # check the query before the (slow) model build
-    image = _read_image(image_path, "BGR")
+    image = _query_image(image_path, frame, "BGR")
     box = check_box(box, image.shape[1], image.shape[0], image_path)
     files = _result_files(out_dir) if out_dir is not None else None
 
     model, cfg = _query_model(index, cfg, weights, force)
-    embedding = embed_query(model, cfg, image_path, box)
+    embedding = embed_query(model, cfg, image_path, box, frame=frame)
     scores, indices = index.search(embedding, topk, backend=backend)
     hits = [_hit(index, rank, float(score), int(i)) for rank, (score, i) in enumerate(zip(scores[0], indices[0]), 1)]
-    result = {"query": {"image": image_path, "box": box, "index": os.path.abspath(index.root)}, "hits": hits}
+    query = {"image": image_path, "frame": frame, "box": box, "index": os.path.abspath(index.root)}
+    result = {"query": query, "hits": hits}
     if files is not None:
         result["files"] = _write_results(result, image, files)
     return result
