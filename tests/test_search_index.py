@@ -295,6 +295,10 @@ def test_clear_errors(tmp_path, gallery):
     with pytest.raises(SearchError, match="no_frames.avi yields no images"):
         build_index(cfg, "", str(tmp_path / "no_frames.avi"), str(tmp_path / "video_index"), allow_random_weights=True)
     assert not os.path.exists(tmp_path / "video_index")  # no partial index left behind
+    (tmp_path / "empty_folder").mkdir()  # a folder the user made is kept
+    with pytest.raises(SearchError, match="yields no images"):
+        build_index(cfg, "", str(tmp_path / "no_frames.avi"), str(tmp_path / "empty_folder"), allow_random_weights=True)
+    assert os.listdir(tmp_path / "empty_folder") == []
 
 
 def test_index_never_touches_a_folder_it_did_not_write(tmp_path, gallery):

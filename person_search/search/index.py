@@ -299,9 +299,9 @@ def require_directory(path, what):
         raise SearchError(f"{what} {path} is a file, expected a directory")
 
 
-def remove_index(index_dir):
+def remove_index(index_dir, *, keep_folder=False):
     """Delete the files of a (finished or partial) index written by :func:`build_index`, and the folder if
-    that leaves it empty. Other files are kept; a folder without an index is refused."""
+    that leaves it empty (unless ``keep_folder``). Other files are kept; a folder without an index is refused."""
     _check_output_dir(index_dir)
     if not os.path.isdir(index_dir):
         return
@@ -311,7 +311,7 @@ def remove_index(index_dir):
         if os.path.isfile(path):
             os.remove(path)
     shutil.rmtree(os.path.join(index_dir, "shards"), ignore_errors=True)
-    if not os.listdir(index_dir):
+    if not keep_folder and not os.listdir(index_dir):
         os.rmdir(index_dir)
 
 
@@ -396,6 +396,7 @@ def build_index(
             + (["channels_last"] if cfg.MODEL.CHANNELS_LAST else [])  # so does the memory format, by rounding
         ).encode()
     ).hexdigest()
+    folder_existed = os.path.isdir(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     manifest_path = os.path.join(output_dir, "manifest.json")
     if os.path.isfile(manifest_path):
@@ -412,7 +413,7 @@ def build_index(
         _run(source, _Detector(model, cfg, score_thresh), writer, batch_size, shard_size)
     except SearchError:
         if not writer.shards:  # bad input before any result: leave no partial index behind
-            remove_index(output_dir)
+            remove_index(output_dir, keep_folder=folder_existed)
         raise
     with open(os.path.join(output_dir, "config.yaml"), "w") as f:
         f.write(cfg.dump())
