@@ -321,6 +321,16 @@ def test_index_never_touches_a_folder_it_did_not_write(tmp_path, gallery):
         build_index(cfg, "", gallery, str(tmp_path / "a_file"), **BUILD_ARGS)
 
 
+def test_damaged_manifest_is_named(built, tmp_path):
+    import shutil
+
+    copy = tmp_path / "index"
+    shutil.copytree(built.root, copy)
+    (copy / "manifest.json").write_text('{"truncated": ')
+    with pytest.raises(SearchError, match=r"manifest.json is damaged"):
+        GalleryIndex.load(str(copy))
+
+
 def test_remove_index_keeps_other_files(built, gallery, tmp_path):
     out = tmp_path / "index"
     build_index(tiny_cfg(*FAST_OPTS), "", gallery, str(out), **BUILD_ARGS)

@@ -276,11 +276,11 @@ def _atomic_write_json(path, obj):
 
 
 def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise SearchError(f"{path} is damaged (not valid JSON: {e})") from e
+    """The JSON object of an index file that exists; a SearchError if it is damaged."""
+    value = json_object(path)
+    if value is None:
+        raise SearchError(f"{path} is damaged (not a JSON object)")
+    return value
 
 
 def json_object(path):
