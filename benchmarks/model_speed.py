@@ -8,7 +8,8 @@ branch. Both are randomly initialised (no weights are loaded) and measured in th
 Measurements (one JSON line each, with the bare detector's value of the same run in ``bare_value``):
 
 * ``train.throughput`` (img/s) and ``train.peak_memory`` (MiB): full training steps (forward under autocast when
-  bf16, backward, SGD step) on random images with random ground-truth persons (``gt_pids``, some unlabeled).
+  bf16 / fp16, backward, SGD step; fp16 with loss scaling) on random images with random ground-truth persons
+  (``gt_pids``, some unlabeled).
 * ``inference.throughput`` (img/s) at batch 1 and at ``--batch``: detection + embedding of every detection.
 * ``query_embedding.throughput`` (queries/s): ``model.inference(inputs, detected_instances=...)`` on batches of
   query images with one given box each (the evaluation's and ``person_search query``'s path). The bare detector
@@ -16,8 +17,8 @@ Measurements (one JSON line each, with the bare detector's value of the same run
 * with ``--check``: ``check.*`` lines comparing bf16-autocast inference to fp32 on the same inputs (max abs
   difference of the embeddings of matched detections and of given query boxes).
 
-Precision "bf16" is ``torch.autocast(device, dtype=torch.bfloat16)`` around the forward pass (the identity loss
-keeps its tables and logits in fp32, as in training). Peak memory: ``torch.cuda.max_memory_allocated`` on a GPU
+Precision "bf16" ("fp16") is ``torch.autocast(device, dtype=torch.bfloat16)`` (``torch.float16``) around the
+forward pass (the identity loss keeps its tables and logits in fp32, as in training). Peak memory: ``torch.cuda.max_memory_allocated`` on a GPU
 (reset per measurement; the model not being measured is moved to the CPU meanwhile); on a CPU the process's peak
 resident set size ``resource.getrusage(RUSAGE_SELF).ru_maxrss``, reset per measurement through
 ``/proc/self/clear_refs`` where the kernel allows it (``memory_source`` says which). CPU values include the Python
@@ -66,7 +67,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "CUHK-SYSU", "oim_R_50_C4_cuhk_sysu.yaml")
 # the bare detector of each ReID ROI head: same backbone/input, no identity branch
 BARE_ROI_HEADS = {"ReIDRes5ROIHeads": "Res5ROIHeads", "ReIDStandardROIHeads": "StandardROIHeads"}
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 BENCHMARKS = ("train", "inference", "query")
 MIB = 2.0**20
 
@@ -278,14 +279,17 @@ def autocast(device, precision):
 
 def train_step_fn(model, batches, device, precision, lr):
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=0.9)
+    # fp16 trains with loss scaling, as the trainer does (SOLVER.AMP_DTYPE "fp16"); disabled, the scaler is a no-op
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     def step(i):
         with autocast(device, precision):
             losses = model(batches[i % len(batches)])
         total = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
+        scaler.scale(total).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
     return step, optimizer
 
@@ -510,7 +514,8 @@ def parse_args(argv=None):
     parser.add_argument("--rounds", type=int, default=2,
                         help="measure bare and ours this many times each, alternating which goes first; report "
                              "medians and each round's ratio")
-    parser.add_argument("--precisions", default="fp32,bf16", help="comma list of fp32, bf16 (autocast)")
+    parser.add_argument("--precisions", default="fp32,bf16",
+                        help="comma list of fp32, bf16, fp16 (autocast; fp16 trains with a GradScaler)")
     parser.add_argument("--benchmarks", default=",".join(BENCHMARKS), help=f"comma list of {', '.join(BENCHMARKS)}")
     parser.add_argument("--proposals", type=int, help="override MODEL.RPN.POST_NMS_TOPK_TEST")
     parser.add_argument("--lr", type=float, default=0.0, help="SGD learning rate of the timed training steps")

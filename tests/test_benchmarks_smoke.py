@@ -67,13 +67,15 @@ def test_model_speed_fpn_channels_last():
     assert records[1]["min_cosine"] >= records[1]["min_cosine_required"] == 0.99
 
 
-def test_model_speed_records_config_overrides():
+def test_model_speed_records_config_overrides_fp16():
     overrides = ["MODEL.REID.EMBED_DETECTIONS_FROM", "proposals", "MODEL.CHANNELS_LAST", "True"]
     records = run_script("model_speed.py", "--device", "cpu", "--config", TINY_CONFIG, "--height", "64", "--width",
                          "96", "--batch", "1", "--iters", "1", "--warmup", "0", "--threads", "1", "--precisions",
-                         "fp32", "--benchmarks", "inference", "--rounds", "2", *overrides)
-    assert [r["name"] for r in records] == ["inference.throughput", "inference.peak_memory"]
+                         "fp16", "--benchmarks", "train,inference", "--rounds", "2", *overrides)
+    assert [r["name"] for r in records] == ["train.throughput", "train.peak_memory",
+                                            "inference.throughput", "inference.peak_memory"]
     for r in records:
+        assert r["precision"] == "fp16" and r["value"] > 0 and r["bare_value"] > 0
         assert r["embed_detections_from"] == "proposals" and r["channels_last"] and r["overrides"] == overrides
         # two rounds, alternating which model goes first: medians, and each round's ratio
         assert r["rounds"] == 2 and len(r["round_ratios"]) == 2 and all(x > 0 for x in r["round_ratios"])
