@@ -2,7 +2,7 @@
 # The GPU measurements of benchmarks/README.md in one command, for one `device` tool call (all of them: about 6 min
 # on an H100 on 2026-11-26, installation included: 4.7 min for the first seven runs, 1.3 min for the last two and
 # the proposals run again).
-# Most important first; each result file is complete when its run ends, so a cut-off call keeps them.
+# Most important first; each run's lines are appended when it ends, so a cut-off call keeps the finished runs.
 #
 # Here, once, with the project venv active (builds .whl/ for the GPU machine's Python 3.12):
 #   bash ../shared/tools/device-wheels.sh faiss-cpu
