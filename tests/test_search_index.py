@@ -253,8 +253,16 @@ def test_auto_backend_switches_to_faiss_on_large_indexes(monkeypatch):
 
 def test_search_rejects_bad_queries():
     index = random_index(5, 8, seed=4)
-    with pytest.raises(SearchError, match="dimension 4"):
+    with pytest.raises(SearchError, match=r"shape \(1, 4\): expected \(Q, 8\) or \(8,\)"):
         index.search(np.ones((1, 4), np.float32), 3)
+    with pytest.raises(SearchError, match=r"shape \(1, 1, 8\)"):
+        index.search(index.embeddings[None, :1], 3)
+    with pytest.raises(SearchError, match="NaN or infinite"):
+        index.search(np.full(8, np.nan, np.float32), 3)
+    for topk in (0, "3", 2.5, True):
+        with pytest.raises(SearchError, match="topk must be an integer >= 1"):
+            index.search(index.embeddings[:1], topk)
+    assert index.search(index.embeddings[:1], np.int64(2))[1].shape == (1, 2)
     with pytest.raises(SearchError, match="unknown search backend 'annoy'"):
         index.search(index.embeddings[:1], 3, backend="annoy")
     with pytest.raises(SearchError, match="no detected persons"):

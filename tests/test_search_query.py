@@ -127,16 +127,24 @@ def test_query_refusals(index_dir, tmp_path, monkeypatch):
         Image.new("RGB", (20, 20)).save(bomb)
         with pytest.raises(SearchError, match="cannot read query image .*bomb.png"):
             search_person(index, str(bomb), [0, 0, 5, 5])
-    # results.json / results.jpg that no query wrote are never overwritten; an earlier query's are
+    # a folder of the user's (a results.jpg of theirs, a gallery, the index) gets nothing written into it; an
+    # earlier query's results are replaced
     out = tmp_path / "out"
     out.mkdir()
     (out / "results.jpg").write_bytes(b"my picture")
-    with pytest.raises(SearchError, match="results.jpg exists and was not written by a query"):
-        search_person(index, image, box, topk=1, out_dir=str(out))
+    for folder in (out, os.path.dirname(image), index_dir):
+        before = sorted(os.listdir(folder))
+        with pytest.raises(SearchError, match="is not empty and holds no results.json of an earlier query"):
+            search_person(index, image, box, topk=1, out_dir=str(folder))
+        assert sorted(os.listdir(folder)) == before
     assert (out / "results.jpg").read_bytes() == b"my picture"
     os.remove(out / "results.jpg")
     search_person(index, image, box, topk=1, out_dir=str(out))
     assert search_person(index, image, box, topk=2, out_dir=str(out))["files"]["json"] == str(out / "results.json")
+    # paths in the result are absolute, also for a relative --out
+    monkeypatch.chdir(tmp_path)
+    files = search_person(index, image, box, topk=1, out_dir="out")["files"]
+    assert files == {"json": str(out / "results.json"), "picture": str(out / "results.jpg")}
 
 
 def test_query_refuses_another_model_unless_forced(index_dir, tmp_path, caplog):
@@ -177,8 +185,8 @@ def test_query_refuses_an_empty_index(tmp_path):
     gallery = tmp_path / "gallery"
     write_image(gallery / "img.jpg", 0, size=SIZE)
     out = str(tmp_path / "index")
-    # no detection scores 2
-    empty = build_index(tiny_cfg(*FAST_OPTS), "", str(gallery), out, score_thresh=2.0, allow_random_weights=True)
+    # no detection of the random model scores 1
+    empty = build_index(tiny_cfg(*FAST_OPTS), "", str(gallery), out, score_thresh=1.0, allow_random_weights=True)
     assert len(empty) == 0 and empty.embeddings.shape == (0, 32)
     with pytest.raises(SearchError, match="holds no detected persons"):
         search_person(out, str(gallery / "img.jpg"), [0, 0, 10, 10])

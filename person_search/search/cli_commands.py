@@ -34,7 +34,8 @@ def add_search_subcommands(subparsers):
     index.add_argument("--seed", type=int, default=0, help="seed of random weights")
     index.add_argument("--precision", choices=tuple(PRECISION_FLAGS),
                        help="inference precision, sets TEST.AMP_DTYPE (default: the config's)")
-    index.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE", help="config overrides")
+    index.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
+                       help="config overrides (last on the command line: everything after --opts is one)")
     index.set_defaults(func=_index_command)
 
     query = subparsers.add_parser(
@@ -45,7 +46,8 @@ def add_search_subcommands(subparsers):
     )
     query.add_argument("index_dir", metavar="INDEX_DIR", help="index directory written by `person-search index`")
     query.add_argument("--image", required=True, help="image showing the query person")
-    query.add_argument("--box", required=True, metavar="x1,y1,x2,y2", help="the query person's box in pixels")
+    query.add_argument("--box", required=True, metavar="x1,y1,x2,y2",
+                       help="the query person's box in pixels (a value starting with '-' needs --box=...)")
     query.add_argument("--frame", type=int, metavar="N",
                        help="the person is in frame N (0-based) of a video: --image is then the video file")
     query.add_argument("--topk", type=int, default=10, help="number of hits")
@@ -54,7 +56,8 @@ def add_search_subcommands(subparsers):
     query.add_argument("--weights", default=None, help="weights file (default: the one recorded in the index)")
     query.add_argument("--backend", choices=("auto", "numpy", "faiss"), default="auto", help="search backend")
     query.add_argument("--force", action="store_true", help="search even if the model differs from the index's")
-    query.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE", help="config overrides")
+    query.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
+                       help="config overrides (last on the command line: everything after --opts is one)")
     query.set_defaults(func=_query_command)
 
 
@@ -95,8 +98,13 @@ def _index_command(args):
         )
     except (SearchError, FileNotFoundError) as e:
         return fail(e)
+    except KeyboardInterrupt:
+        print(f"person-search: interrupted; rerun the same command to resume from {args.output}", file=sys.stderr)
+        return 130
     counts = index.manifest["counts"]
-    print(f"indexed {counts['boxes']} persons in {counts['images']} images ({counts['skipped']} unreadable skipped)")
+    pictures = "frames" if index.manifest["gallery"]["kind"] == "video" else "images"
+    print(f"indexed {counts['boxes']} persons in {counts['images']} {pictures} ({counts['skipped']} unreadable "
+          "or too thin skipped)")
     print(args.output)
     return 0
 

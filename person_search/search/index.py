@@ -159,6 +159,11 @@ def build_search_model(cfg, weights, *, allow_random_weights=False, seed=0):
     """
     if not weights and not allow_random_weights:
         raise SearchError("no weights file given; pass --weights (random weights need --allow-random-weights)")
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        raise SearchError(
+            f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but torch finds no CUDA device here: run on the CPU with "
+            "--opts MODEL.DEVICE cpu"
+        )
     identity = model_identity(cfg, weights, seed=seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -183,15 +188,24 @@ class _Detector:
         self.score_thresh = score_thresh
         self.cfg = cfg
 
-    @torch.no_grad()
-    def __call__(self, images):
-        """Per image, a dict of numpy arrays ``embeddings``, ``boxes``, ``scores`` of the kept detections."""
-        inputs = []
-        for image in images:
-            aug_input = T.AugInput(image)
+    def prepare(self, image):
+        """The model input of one picture (test-time resize), None for a picture the resize leaves without a pixel
+        row or column (a strip a few pixels thin: its long side is capped at INPUT.MAX_SIZE_TEST)."""
+        height, width = image.shape[:2]
+        aug_input = T.AugInput(image)
+        try:
             self.augmentations(aug_input)
-            tensor = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
-            inputs.append({"image": tensor, "height": image.shape[0], "width": image.shape[1]})
+        except ValueError:  # what PIL's resize raises for a target size of 0
+            return None
+        if min(aug_input.image.shape[:2]) < 1:
+            return None
+        tensor = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
+        return {"image": tensor, "height": height, "width": width}
+
+    @torch.no_grad()
+    def __call__(self, inputs):
+        """Per input of :meth:`prepare`, a dict of numpy arrays ``embeddings``, ``boxes``, ``scores`` of the kept
+        detections."""
         with inference_autocast(self.cfg):
             outputs = self.model(inputs)
         results = []
@@ -382,6 +396,8 @@ def build_index(
     if batch_size < 1 or shard_size < 1:
         raise SearchError(f"batch size and shard size must be >= 1, got {batch_size} and {shard_size}")
     score_thresh = cfg.TEST.PERSON_SEARCH.DET_THRESH if score_thresh is None else float(score_thresh)
+    if not 0.0 <= score_thresh <= 1.0:
+        raise SearchError(f"the index's score threshold must be within [0, 1] (a detection score), got {score_thresh}")
     try:
         check_score_threshold(cfg, score_thresh, "the index's score threshold")
     except ValueError as e:
@@ -400,9 +416,12 @@ def build_index(
     os.makedirs(output_dir, exist_ok=True)
     manifest_path = os.path.join(output_dir, "manifest.json")
     if os.path.isfile(manifest_path):
-        if _read_json(manifest_path).get("build_key") != build_key:
+        manifest = _read_json(manifest_path)
+        if manifest.get("build_key") != build_key:
+            differs = _what_differs(manifest, source, identity, score_thresh, cfg)
             raise SearchError(
-                f"{output_dir} already holds an index built with other arguments; use another output directory"
+                f"{output_dir} already holds an index built with other arguments ({differs}); use another output "
+                "directory"
             )
         logger.info(f"{output_dir} already holds this index")
         return GalleryIndex.load(output_dir)
@@ -431,23 +450,41 @@ def build_index(
     return _consolidate(output_dir, writer.shards, manifest)
 
 
+def _what_differs(manifest, source, identity, score_thresh, cfg):
+    """Which of the recorded build arguments of an index differ from the current ones, in words."""
+    differences = []
+    if manifest.get("gallery") != source.describe():
+        differences.append("the gallery: its list of images or the video changed")
+    if manifest.get("model", {}).get("identity") != identity["identity"]:
+        differences.append("the model's config or weights")
+    if manifest.get("score_thresh") != score_thresh:
+        differences.append(f"the score threshold ({manifest.get('score_thresh')} then)")
+    if manifest.get("precision") != (cfg.TEST.AMP_DTYPE or "fp32"):
+        differences.append(f"the precision ({manifest.get('precision')} then)")
+    return "; ".join(differences) or "batch size or memory format"
+
+
 def _run(source, detector, writer, batch_size, shard_size):
     """Feed the not yet indexed gallery items through the detector in batches, flushing full shards."""
     start = writer.next_position
-    batch = []
+    batch = []  # (item, model input)
 
     def run_batch():
-        for item, detections in zip(batch, detector([item.image for item in batch])):
+        for (item, _), detections in zip(batch, detector([inputs for _, inputs in batch])):
             writer.add(item, detections)
         batch.clear()
 
     position = start
     for item in tqdm(source.iter_items(start), initial=start, total=len(source), desc="indexing", unit="img"):
         position = item.position + 1
-        if item.image is None:
+        inputs = None if item.image is None else detector.prepare(item.image)
+        if inputs is None:
+            if item.image is not None:
+                height, width = item.image.shape[:2]
+                logger.warning(f"Skipping {item.path}: {width}x{height} pixels is too thin for the test-time resize")
             writer.skip(item)
         else:
-            batch.append(item)
+            batch.append((item, inputs))
             if len(batch) == batch_size:
                 run_batch()
         # A shard ends on a batch boundary, so a resumed run forms the same batches as an uninterrupted one.
@@ -474,7 +511,9 @@ def _consolidate(output_dir, shards, manifest):
     arrays = _concatenate(parts, manifest["embed_dim"])
     if skipped:
         shown = ", ".join(skipped[:20]) + (f" and {len(skipped) - 20} more" if len(skipped) > 20 else "")
-        logger.warning(f"Skipped {len(skipped)} unreadable gallery images (listed in manifest.json): {shown}")
+        logger.warning(
+            f"Skipped {len(skipped)} unreadable or too thin gallery images (listed in manifest.json): {shown}"
+        )
     for name, array in arrays.items():
         _atomic_write(os.path.join(output_dir, f"{name}.npy"), lambda f, a=array: np.save(f, a, allow_pickle=False))
     manifest.update(
@@ -559,16 +598,19 @@ class GalleryIndex:
             (scores, indices): (Q, k) float32 similarities and int64 box indices, k = min(topk, len(self)).
         """
         queries = np.ascontiguousarray(np.atleast_2d(query_embeddings), dtype=np.float32)
-        if queries.shape[1] != self.embeddings.shape[1]:
+        if queries.ndim != 2 or queries.shape[1] != self.embeddings.shape[1]:
             raise SearchError(
-                f"query embeddings have dimension {queries.shape[1]}, index {self.root} {self.embeddings.shape[1]}"
+                f"query embeddings have shape {np.shape(query_embeddings)}: expected (Q, {self.embeddings.shape[1]}) "
+                f"or ({self.embeddings.shape[1]},) for index {self.root}"
             )
+        if not np.isfinite(queries).all():
+            raise SearchError("query embeddings contain NaN or infinite values")
         if backend not in ("auto", "numpy", "faiss"):
             raise SearchError(f"unknown search backend {backend!r}; expected auto, numpy or faiss")
         if len(self) == 0:
             raise SearchError(f"index {self.root} holds no detected persons: nothing to search")
-        if topk < 1:
-            raise SearchError(f"topk must be >= 1, got {topk}")
+        if not isinstance(topk, (int, np.integer)) or isinstance(topk, bool) or topk < 1:
+            raise SearchError(f"topk must be an integer >= 1, got {topk!r}")
         k = min(int(topk), len(self))
         if backend == "faiss" or (backend == "auto" and len(self) >= FAISS_MIN_BOXES):
             scores, indices = self._faiss().search(queries, k)

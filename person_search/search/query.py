@@ -7,13 +7,12 @@ import os
 import cv2
 import numpy as np
 import torch
-from detectron2.data import detection_utils as utils
 from detectron2.utils.visualizer import Visualizer
 
 from person_search.precision import inference_autocast
 
 from .index import GalleryIndex, build_search_model, json_object, load_search_config, model_identity, require_directory
-from .sources import UNREADABLE_IMAGE_ERRORS, SearchError, read_video_frames
+from .sources import UNREADABLE_IMAGE_ERRORS, SearchError, read_image_file, read_video_frames
 
 __all__ = ["parse_box", "check_box", "embed_query", "search_person", "draw_results"]
 
@@ -22,9 +21,11 @@ logger = logging.getLogger(__name__)
 # Smallest query box side in pixels: a thinner box has no image content to embed (and after the test-time resize
 # and float32 rounding it can become empty, which detectron2 then drops).
 MIN_BOX_SIZE = 1
-# Size (height, width) of each picture of the results grid, and how many pictures per row.
+# Size (height, width) of each picture of the results grid, how many pictures per row, and how many hits it shows
+# at most (results.json lists them all; 100 hits make a 6,000-pixel-high picture, JPEG stops at 65,535).
 TILE_SIZE = (240, 320)
 TILES_PER_ROW = 4
+MAX_DRAWN_HITS = 100
 
 
 def parse_box(text):
@@ -61,7 +62,7 @@ def check_box(box, width, height, image_path):
 
 def _read_image(path, image_format):
     try:
-        return utils.read_image(path, format=image_format)
+        return read_image_file(path, image_format)
     except UNREADABLE_IMAGE_ERRORS as e:
         raise SearchError(f"cannot read query image {path}: {e}") from e
 
@@ -94,7 +95,11 @@ def embed_query(model, cfg, image_path, box, *, frame=None):
     height, width = image.shape[:2]
     box = check_box(box, width, height, image_path)
     record = {"file_name": image_path, "image_id": os.path.basename(image_path), "height": height, "width": width}
-    inputs = PersonSearchDatasetMapper(cfg, is_train=False).map_image(dict(record, query_box=box), image)
+    try:
+        inputs = PersonSearchDatasetMapper(cfg, is_train=False).map_image(dict(record, query_box=box), image)
+    except ValueError as e:  # PIL's resize to a size of 0: a strip a few pixels thin, long side capped
+        raise SearchError(f"query image {image_path} of {width}x{height} pixels is too thin for the test-time "
+                          f"resize ({e})") from e
     given = inputs["given_instances"].to(model.device)
     with inference_autocast(cfg):
         (output,) = model.inference([inputs], detected_instances=[given])
@@ -106,12 +111,13 @@ def _query_model(index, cfg, weights, force):
     recorded = index.manifest["model"]
     if cfg is None:
         cfg = load_search_config(index.config_file)
-        if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-            # the device is not part of the model identity: an index built on a GPU can be queried on a CPU
-            logger.warning(f"index {index.root} was built on {cfg.MODEL.DEVICE}; no GPU here, querying on the CPU")
-            cfg.defrost()  # loaded just above: nobody else holds it
-            cfg.MODEL.DEVICE = "cpu"
-            cfg.freeze()
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        # the device is not part of the model identity: an index built on a GPU can be queried on a CPU
+        logger.warning(f"the query config asks for {cfg.MODEL.DEVICE}; no GPU here, querying on the CPU")
+        cfg = cfg.clone()  # the caller's config stays as it was
+        cfg.defrost()
+        cfg.MODEL.DEVICE = "cpu"
+        cfg.freeze()
     seed = recorded["random_seed"] if recorded["random_seed"] is not None else 0
     if weights is None:
         weights = recorded["weights"]
@@ -164,13 +170,13 @@ def search_person(
         index = GalleryIndex.load(index)
     if len(index) == 0:
         raise SearchError(f"index {index.root} holds no detected persons: nothing to search")
-    if topk < 1:
-        raise SearchError(f"topk must be >= 1, got {topk}")
+    if not isinstance(topk, (int, np.integer)) or isinstance(topk, bool) or topk < 1:
+        raise SearchError(f"topk must be an integer >= 1, got {topk!r}")
     image_path = os.path.abspath(image_path)
     # check the query before the (slow) model build
     image = _query_image(image_path, frame, "BGR")
     box = check_box(box, image.shape[1], image.shape[0], image_path)
-    files = _result_files(out_dir) if out_dir is not None else None
+    files = _result_files(os.path.abspath(out_dir)) if out_dir is not None else None
 
     model, cfg = _query_model(index, cfg, weights, force)
     embedding = embed_query(model, cfg, image_path, box, frame=frame)
@@ -198,25 +204,31 @@ def _hit(index, rank, score, box_idx):
 
 
 def _result_files(out_dir):
-    """Paths of results.json and results.jpg in ``out_dir``, after checking that writing them loses nothing: an
-    existing results.json / results.jpg is replaced only if an earlier query wrote it."""
+    """Paths of results.json and results.jpg in ``out_dir``, after checking that writing them loses nothing and
+    adds nothing to a folder of the user's (a gallery, an index): ``out_dir`` must be new, empty, or hold the
+    results.json of an earlier query, whose files are then replaced."""
     require_directory(out_dir, "query output")
     files = {"json": os.path.join(out_dir, "results.json"), "picture": os.path.join(out_dir, "results.jpg")}
-    earlier = json_object(files["json"])
-    ours = earlier is not None and {"query", "hits"} <= set(earlier)
-    for path in files.values():
-        if os.path.exists(path) and not ours:
-            raise SearchError(f"{path} exists and was not written by a query: choose another output directory")
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        earlier = json_object(files["json"])
+        if earlier is None or not {"query", "hits"} <= set(earlier):
+            raise SearchError(
+                f"query output {out_dir} is not empty and holds no results.json of an earlier query: use a new or "
+                "empty directory (nothing in it was changed)"
+            )
     return files
 
 
 def _write_results(result, query_image, files):
     os.makedirs(os.path.dirname(files["json"]), exist_ok=True)
-    picture = draw_results(query_image, result["query"]["box"], result["hits"], _hit_images(result["hits"]))
-    if not cv2.imwrite(files["picture"], picture):
-        raise SearchError(f"cannot write {files['picture']}")
     with open(files["json"], "w") as f:
         json.dump(dict(result, files=files), f, indent=2)
+    drawn = result["hits"][:MAX_DRAWN_HITS]
+    if len(drawn) < len(result["hits"]):
+        logger.info(f"{files['picture']} shows the first {len(drawn)} of {len(result['hits'])} hits")
+    picture = draw_results(query_image, result["query"]["box"], drawn, _hit_images(drawn))
+    if not cv2.imwrite(files["picture"], picture):
+        raise SearchError(f"cannot write {files['picture']} (results.json is written)")
     return files
 
 
@@ -231,13 +243,23 @@ def _hit_images(hits):
         if hit["frame"] is not None:
             image = frames[hit["image"]].get(hit["frame"])
         else:
-            image = cv2.imread(hit["image"], cv2.IMREAD_COLOR) if os.path.isfile(hit["image"]) else None
+            image = _gallery_picture(hit["image"])
         if image is None:
             missing.append(hit["image"] if hit["frame"] is None else f"{hit['image']}@{hit['frame']}")
         images.append(image)
     if missing:
-        logger.warning(f"{len(missing)} gallery pictures of the hits cannot be read (moved?): {', '.join(missing)}")
+        missing = sorted(set(missing))
+        shown = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
+        logger.warning(f"{len(missing)} gallery pictures of the hits cannot be read (moved?): {shown}")
     return images
+
+
+def _gallery_picture(path):
+    """A gallery image as it was indexed (BGR), None if it cannot be read any more."""
+    try:
+        return read_image_file(path, "BGR")
+    except UNREADABLE_IMAGE_ERRORS:
+        return None
 
 
 def draw_results(query_image, query_box, hits, hit_images):

@@ -13,7 +13,7 @@ from typing import Optional
 import cv2
 import numpy as np
 from detectron2.data import detection_utils as utils
-from PIL import Image
+from PIL import Image, ImageOps
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -23,6 +23,7 @@ __all__ = [
     "ImageFolderSource",
     "VideoSource",
     "open_gallery_source",
+    "read_image_file",
     "read_video_frames",
 ]
 
@@ -38,6 +39,27 @@ UNREADABLE_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.Decompression
 
 class SearchError(ValueError):
     """Bad input to gallery indexing or search; the message names the file or argument and what was expected."""
+
+
+# PIL modes of 16-bit integer pictures (PNG, TIFF; older Pillow opens 16-bit PNGs as "I"), scaled 0..65535 -> 0..255.
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def read_image_file(path, image_format="BGR"):
+    """The picture in ``path`` as the user sees it, as an HxWxC uint8 array in ``image_format``.
+
+    Differs from detectron2's ``read_image`` (which the dataset mapper uses for the benchmark datasets' JPEGs) for
+    users' own files: EXIF orientation is applied after loading, so a TIFF, which Pillow turns upright while
+    loading, is not turned a second time; 16-bit integer pictures are scaled to 8 bits instead of clipped (which
+    made them almost white). Raises one of :data:`UNREADABLE_IMAGE_ERRORS` for a file that cannot be read.
+    """
+    with Image.open(path) as image:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    if image.mode in _SIXTEEN_BIT_MODES:
+        values = np.asarray(image, dtype=np.float64) / 257.0
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+    return utils.convert_PIL_to_numpy(image, image_format)
 
 
 @dataclass
@@ -71,12 +93,18 @@ class ImageFolderSource:
     def __init__(self, root, image_format="BGR"):
         self.root = os.path.abspath(root)
         self.image_format = image_format
-        self.paths = sorted(
-            os.path.relpath(os.path.join(d, f), self.root)
-            for d, _, files in os.walk(self.root)
-            for f in files
-            if f.lower().endswith(IMAGE_EXTENSIONS)
-        )
+        self.paths, left_out = [], []
+        for folder, subfolders, files in os.walk(self.root):  # symbolic links to folders are not followed (cycles)
+            for name in files + [d for d in subfolders if os.path.islink(os.path.join(folder, d))]:
+                path = os.path.relpath(os.path.join(folder, name), self.root)
+                is_image = name.lower().endswith(IMAGE_EXTENSIONS) and name not in subfolders
+                (self.paths if is_image else left_out).append(path)
+        self.paths.sort()
+        if left_out:
+            left_out.sort()
+            shown = ", ".join(left_out[:10]) + (f" and {len(left_out) - 10} more" if len(left_out) > 10 else "")
+            logger.info(f"Left out of gallery {self.root}: {len(left_out)} files that are no images "
+                        f"({', '.join(IMAGE_EXTENSIONS)}) or linked folders: {shown}")
         if not self.paths:
             extensions = ", ".join(IMAGE_EXTENSIONS)
             raise SearchError(f"gallery folder {self.root} contains no images (extensions {extensions})")
@@ -97,8 +125,7 @@ class ImageFolderSource:
 
     def _read(self, path):
         try:
-            # detectron2's reader, as the dataset mapper uses: applies EXIF orientation, converts the format
-            return utils.read_image(path, format=self.image_format)
+            return read_image_file(path, self.image_format)
         except UNREADABLE_IMAGE_ERRORS as e:
             logger.debug(f"cannot read {path}: {e}")
             return None
