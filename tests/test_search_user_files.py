@@ -92,9 +92,18 @@ def test_index_arguments_checked_and_differences_named(tmp_path):
             build_index(tiny_cfg(*FAST_OPTS), "", str(gallery), out, **dict(BUILD_ARGS, score_thresh=thresh))
     build_index(tiny_cfg(*FAST_OPTS), "", str(gallery), out, **BUILD_ARGS)
     write_image(gallery / "b.jpg", 1)
-    with pytest.raises(SearchError, match="other arguments \\(the gallery: its list of images or the video changed\\)"):
+    with pytest.raises(SearchError, match=r"other arguments \(the gallery: pictures were added, removed or changed"):
         build_index(tiny_cfg(*FAST_OPTS), "", str(gallery), out, **BUILD_ARGS)
     os.remove(gallery / "b.jpg")
+    # a picture replaced under the same name is a changed gallery too, not a stale index
+    stat = os.stat(gallery / "a.jpg")
+    write_image(gallery / "a.jpg", 2)
+    os.utime(gallery / "a.jpg", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    with pytest.raises(SearchError, match="the gallery: pictures were added, removed or changed"):
+        build_index(tiny_cfg(*FAST_OPTS), "", str(gallery), out, **BUILD_ARGS)
+    os.utime(gallery / "a.jpg", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    write_image(gallery / "a.jpg", 0)  # the original content, size and time again
+    os.utime(gallery / "a.jpg", ns=(stat.st_atime_ns, stat.st_mtime_ns))
     with pytest.raises(SearchError, match=r"other arguments \(the score threshold \(0.0 then\)\)"):
         build_index(tiny_cfg(*FAST_OPTS), "", str(gallery), out, **dict(BUILD_ARGS, score_thresh=0.3))
 

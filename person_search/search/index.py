@@ -454,7 +454,7 @@ def _what_differs(manifest, source, identity, score_thresh, cfg):
     """Which of the recorded build arguments of an index differ from the current ones, in words."""
     differences = []
     if manifest.get("gallery") != source.describe():
-        differences.append("the gallery: its list of images or the video changed")
+        differences.append("the gallery: pictures were added, removed or changed, or the video changed")
     if manifest.get("model", {}).get("identity") != identity["identity"]:
         differences.append("the model's config or weights")
     if manifest.get("score_thresh") != score_thresh:

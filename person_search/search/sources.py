@@ -108,14 +108,25 @@ class ImageFolderSource:
         if not self.paths:
             extensions = ", ".join(IMAGE_EXTENSIONS)
             raise SearchError(f"gallery folder {self.root} contains no images (extensions {extensions})")
+        self._listing_sha256 = self._hash_listing()
 
     def __len__(self):
         return len(self.paths)
 
     def describe(self):
-        """What identifies this gallery: its folder and the hash of its sorted image list."""
-        listing = hashlib.sha256(json.dumps(self.paths).encode()).hexdigest()
-        return {"kind": self.kind, "path": self.root, "listing_sha256": listing}
+        """What identifies this gallery: its folder and the hash of its sorted image list with each file's size and
+        modification time (when the source was opened), so that a picture replaced under the same name is seen."""
+        return {"kind": self.kind, "path": self.root, "listing_sha256": self._listing_sha256}
+
+    def _hash_listing(self):
+        listing = []
+        for path in self.paths:
+            try:
+                stat = os.stat(os.path.join(self.root, path))
+                listing.append([path, stat.st_size, stat.st_mtime_ns])
+            except OSError:  # e.g. a broken symbolic link: skipped as unreadable when indexed
+                listing.append([path, None, None])
+        return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
     def iter_items(self, start=0):
         """Items from position ``start`` on; an unreadable image comes with ``image`` None."""
