@@ -4,14 +4,22 @@
 # the proposals run again).
 # Most important first; each run's lines are appended when it ends, so a cut-off call keeps the finished runs.
 #
-# Here, once, with the project venv active (builds .whl/ for the GPU machine's Python 3.12):
-#   bash ../shared/tools/device-wheels.sh faiss-cpu
-#   python tools/install_detectron2.py --wheel-dir .whl   # the detectron2 wheel: that script's pip download of
-#                                                         # pb1-detectron2 fails on current pip (direct-URL extra)
+# Before, once: .whl/ must hold the wheels the GPU machine (Python 3.12, with torch) lacks: detectron2's
+# dependencies (yacs, pycocotools, omegaconf, hydra-core, termcolor, fvcore, iopath, antlr4-python3-runtime),
+# faiss-cpu and detectron2 itself. In this project's development workplace a script outside the repository,
+# ../shared/tools/device-wheels.sh (run as `bash ../shared/tools/device-wheels.sh faiss-cpu`), downloads the
+# Python 3.12 wheels of those dependencies and faiss-cpu into .whl/; any other way of putting them there works, e.g.
+#   pip download --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
+#     --platform manylinux2014_x86_64 --platform any --no-deps -d .whl \
+#     yacs pycocotools omegaconf hydra-core termcolor faiss-cpu
+#   pip wheel --no-deps -w .whl fvcore iopath antlr4-python3-runtime==4.9.3   # pure Python, partly sources only
+# and, with the project venv active, the detectron2 wheel:
+#   python tools/install_detectron2.py --wheel-dir .whl
 # Device call, with carry [".whl"]:  OUT_DIR=$OUT bash benchmarks/gpu_suite.sh
 #   RUNS="name ..." runs only those (names below); ITERS, WARMUP, ROUNDS override the step counts.
 # Results: $OUT_DIR/results.jsonl, one JSON line per measurement with the run's name in "run", appended when a run
 # ends (one file: the device tool brings back at most 8), and gpu.txt (nvidia-smi).
+# Exit status: 1 if a run failed or RUNS named an unknown run (after all the other runs), else 0.
 set -uo pipefail  # a failed measurement is reported and the next one still runs
 out=${OUT_DIR:?set OUT_DIR to the results folder}
 iters=${ITERS:-10}
@@ -20,6 +28,7 @@ rounds=${ROUNDS:-3}  # the 900x1500 C4 comparisons: bare and ours alternately, m
                      # the other runs use model_speed.py's default of 2 rounds
 runs=${RUNS:-"c4_900x1500_proposals c4_900x1500_channels_last c4_900x1500 c4_600x1000 fpn_900x1500 index
   c4_900x1500_compiled c4_900x1500_10_detections c4_900x1500_fp16"}
+failed=""  # the runs that failed or are unknown
 mkdir -p "$out"
 export PYTHONPATH=$PWD  # benchmarks/*.py import person_search from the repository root
 if [ -d .whl ]; then
@@ -32,13 +41,13 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu
 
 keep() {  # keep NAME COMMAND...: COMMAND's JSON lines go to results.jsonl, tagged "run": NAME, once it succeeds
   local name=$1; shift
-  if "$@" > "$out/$name.part"; then
-    python3 -c 'import json, sys
+  if "$@" > "$out/$name.part" && python3 -c 'import json, sys
 for line in open(sys.argv[1]):
-    print(json.dumps({"run": sys.argv[2], **json.loads(line)}))' "$out/$name.part" "$name" >> "$out/results.jsonl" \
-      && rm "$out/$name.part"
+    print(json.dumps({"run": sys.argv[2], **json.loads(line)}))' "$out/$name.part" "$name" >> "$out/results.jsonl"; then
+    rm "$out/$name.part"
   else
     echo "!! $name failed (partial lines in $name.part)" >&2
+    failed="$failed $name"
   fi
 }
 
@@ -67,6 +76,10 @@ for run in $runs; do
     c4_900x1500_10_detections) speed "$run" --config "$c4_900" --channels-last --precisions bf16 \
       --benchmarks inference --rounds "$rounds" TEST.DETECTIONS_PER_IMAGE 10 ;;
     c4_900x1500_fp16) speed "$run" --config "$c4_900" --channels-last --precisions fp16 --benchmarks train,inference ;;
-    *) echo "!! unknown run $run" >&2 ;;
+    *) echo "!! unknown run $run" >&2; failed="$failed $run" ;;
   esac
 done
+if [ -n "$failed" ]; then
+  echo "!! failed or unknown runs:$failed" >&2
+  exit 1
+fi

@@ -49,11 +49,13 @@ def _add_evaluate(subparsers):
     evaluate.add_argument("--gallery-size", type=int, help="CUHK-SYSU gallery size (50..4000, -1 = whole set)")
     evaluate.add_argument("--cross-camera", action="store_true", help="PRW: drop gallery frames of the query camera")
     evaluate.add_argument("--use-gt-boxes", action="store_true", help="also evaluate with ground-truth gallery boxes")
-    evaluate.add_argument("--output", help="sets OUTPUT_DIR: results go to <output>/inference/<dataset>/ (default: the config's)")
+    evaluate.add_argument("--output", help="sets OUTPUT_DIR: results go to <output>/inference/<dataset>/ "
+                          "(person_search_results.json or reid_results.json; default: the config's OUTPUT_DIR)")
     evaluate.add_argument("--precision", choices=tuple(PRECISION_FLAGS),
                           help="inference precision, sets TEST.AMP_DTYPE (default: the config's)")
     evaluate.add_argument("--batch-size", type=int, metavar="B",
-                          help="gallery / query images per batch, sets TEST.PERSON_SEARCH.IMS_PER_BATCH")
+                          help="gallery / query images per batch, sets TEST.PERSON_SEARCH.IMS_PER_BATCH (crop re-ID "
+                          "configs: query / gallery crops per batch, sets TEST.REID.IMS_PER_BATCH)")
     evaluate.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE", help="config overrides")
     evaluate.set_defaults(func=_evaluate_command)
 
@@ -80,7 +82,7 @@ def _demo_command(args):
 def _evaluate_command(args):
     from detectron2.checkpoint import DetectionCheckpointer
 
-    from .engine import PersonSearchTrainer
+    from .engine import PersonSearchTrainer, require_datasets
     from .search import load_search_config
 
     if not os.path.isfile(args.weights):
@@ -96,21 +98,36 @@ def _evaluate_command(args):
         opts += ["OUTPUT_DIR", args.output]
     if args.precision:
         opts += ["TEST.AMP_DTYPE", PRECISION_FLAGS[args.precision]]
-    if args.batch_size is not None:
-        opts += ["TEST.PERSON_SEARCH.IMS_PER_BATCH", args.batch_size]
     _setup_logging()
     try:
         cfg = load_search_config(args.config, opts)
     except (SearchError, FileNotFoundError) as e:
         return fail(e)
+    if args.batch_size is not None:
+        cfg.defrost()
+        cfg.merge_from_list([_batch_size_key(cfg), args.batch_size])
+        cfg.freeze()
+    # settings the evaluators refuse (e.g. --cross-camera on CUHK-SYSU), reported before the model is built
+    try:
+        require_datasets(cfg, "TEST")
+        evaluators = [PersonSearchTrainer.build_evaluator(cfg, name) for name in cfg.DATASETS.TEST]
+    except (ValueError, NotImplementedError) as e:
+        return fail(f"config {args.config}: {e}")
     model = PersonSearchTrainer.build_model(cfg)
     DetectionCheckpointer(model).load(args.weights)
     try:
-        results = PersonSearchTrainer.test(cfg, model)
+        results = PersonSearchTrainer.test(cfg, model, evaluators)
     except FileNotFoundError as e:  # the loaders name the missing dataset file and the expected layout
         return fail(e)
     print(json.dumps(results, indent=2))
     return 0
+
+
+def _batch_size_key(cfg):
+    """The test batch size key of the config's task: crops for the crop re-ID model, images for person search."""
+    if cfg.MODEL.META_ARCHITECTURE == "ReIDCropNet":
+        return "TEST.REID.IMS_PER_BATCH"
+    return "TEST.PERSON_SEARCH.IMS_PER_BATCH"
 
 
 def main(argv=None):

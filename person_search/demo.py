@@ -59,6 +59,21 @@ def _prepare_data(seed, preset):
     return folder
 
 
+def _check_output_dir(output_dir):
+    """Refuse a non-empty folder that no earlier demo wrote (its summary.json): the demo replaces files there."""
+    from person_search.search import SearchError
+    from person_search.search.index import json_object
+
+    if not os.path.isdir(output_dir) or not os.listdir(output_dir):
+        return
+    summary = json_object(os.path.join(output_dir, "summary.json"))
+    if summary is None or not {"untrained", "trained"} <= set(summary):
+        raise SearchError(
+            f"demo output {output_dir} is not empty and holds no summary.json of an earlier demo: use a new or "
+            "empty directory (nothing in it was changed)"
+        )
+
+
 def _search_metrics(results):
     gallery = f"{DATASET_PREFIX}_gallery"
     return {"detection": results[gallery]["detection"], "search": results[gallery]["search"]}
@@ -75,6 +90,7 @@ def run_demo(output_dir="demo_output", *, config_file=DEMO_CONFIG, seed=0, prese
 
     start = time.perf_counter()
     output_dir = os.path.abspath(output_dir)  # the summary names files by absolute path
+    _check_output_dir(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     _prepare_data(seed, preset)
     cfg = load_search_config(

@@ -106,3 +106,17 @@ def test_eval_speed_small():
     assert {"cuhk_sysu.g100.evaluate", "cuhk_sysu.g-1.evaluate", "prw.all_cameras.evaluate",
             "prw.cross_camera.evaluate"} <= names
     assert all({"name", "value", "unit"} <= set(r) for r in records)
+
+
+def test_gpu_suite_exits_non_zero_after_a_failed_or_unknown_run(tmp_path):
+    # a working directory like the repository's without .whl/ (the suite would install those wheels); ITERS=x makes
+    # model_speed.py refuse its arguments, so the known run fails on any machine
+    for name in ("benchmarks", "configs", "person_search"):
+        os.symlink(os.path.join(REPO_ROOT, name), tmp_path / name)
+    env = dict(os.environ, OUT_DIR=str(tmp_path / "out"), RUNS="bogus c4_600x1000", ITERS="x",
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])  # python3: this Python
+    proc = subprocess.run(["bash", os.path.join(BENCHMARKS, "gpu_suite.sh")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "!! unknown run bogus" in proc.stderr and "== c4_600x1000" in proc.stderr  # the next run still ran
+    assert "!! c4_600x1000 failed" in proc.stderr and "failed or unknown runs: bogus c4_600x1000" in proc.stderr

@@ -61,3 +61,68 @@ def test_help_lists_every_subcommand(tmp_path):
     assert out.returncode == 0
     for command in ("demo", "evaluate", "index", "query"):
         assert command in out.stdout
+
+
+def test_evaluate_a_crop_reid_model_writes_results_and_uses_the_reid_batch_size(tmp_path):
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    from conftest import tiny_cfg
+    from person_search.data import load_market1501
+    from person_search.data.synthetic import generate_market1501
+
+    market = tmp_path / "datasets" / "Market-1501-v15.09.15"
+    generate_market1501(str(market), preset="tiny", seed=0)
+    config = os.path.join(REPO_ROOT, "configs", "quick_schedules", "oim_tiny_reid_crop_cpu_instant_test.yaml")
+    DetectionCheckpointer(build_model(tiny_cfg(config_file=config)), save_dir=str(tmp_path)).save("model")
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"), PYTHONPATH=REPO_ROOT)
+    out = run_cli("evaluate", "--config", config, "--weights", str(tmp_path / "model.pth"), "--batch-size", "5",
+                  "--output", "eval_out", cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (results,) = json.loads(out.stdout[out.stdout.rindex("\n{\n") + 1:]).values()
+    saved = json.loads((tmp_path / "eval_out" / "inference" / "market1501_gallery" / "reid_results.json").read_text())
+    assert saved["results"] == results and set(results["reid"]) == {"mAP", "rank1", "rank5", "rank10", "mINP"}
+    # one loader over the query crops, then the gallery crops, in batches of --batch-size (TEST.REID.IMS_PER_BATCH)
+    crops = sum(len(load_market1501(str(market), split)) for split in ("query", "gallery"))
+    assert f"Start inference on {-(-crops // 5)} batches" in out.stdout + out.stderr
+
+
+def test_batch_size_sets_the_key_of_the_configs_task():
+    from conftest import TINY_CONFIG, tiny_cfg
+    from person_search.cli import _batch_size_key
+
+    reid_config = os.path.join(REPO_ROOT, "configs", "quick_schedules", "oim_tiny_reid_crop_cpu_instant_test.yaml")
+    assert _batch_size_key(tiny_cfg(config_file=reid_config)) == "TEST.REID.IMS_PER_BATCH"
+    assert _batch_size_key(tiny_cfg(config_file=TINY_CONFIG)) == "TEST.PERSON_SEARCH.IMS_PER_BATCH"
+
+
+def test_evaluate_refuses_cross_camera_on_cuhk_sysu_before_building_the_model(tmp_path):
+    weights = tmp_path / "model.pth"
+    weights.write_bytes(b"")  # never read: the error comes first
+    config = os.path.join(REPO_ROOT, "configs", "CUHK-SYSU", "oim_R_50_C4_cuhk_sysu.yaml")
+    out = run_cli("evaluate", "--config", config, "--weights", str(weights), "--cross-camera", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    (error,) = [line for line in out.stderr.splitlines() if line.startswith("person-search: error:")]
+    assert "cross_camera (TEST.PERSON_SEARCH.CROSS_CAMERA, a PRW setting)" in error and "CUHK-SYSU has none" in error
+    assert "oim_R_50_C4_cuhk_sysu.yaml" in error
+
+
+def test_evaluate_refuses_a_config_without_test_datasets(tmp_path):
+    weights = tmp_path / "model.pth"
+    weights.write_bytes(b"")
+    config = os.path.join(REPO_ROOT, "configs", "quick_schedules", "oim_tiny_C4_cpu_instant_test.yaml")
+    out = run_cli("evaluate", "--config", config, "--weights", str(weights), cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "person-search: error:" in out.stderr and "DATASETS.TEST is empty" in out.stderr
+    assert "synthetic_cuhk_sysu_gallery" in out.stderr
+
+
+def test_demo_refuses_a_folder_it_did_not_write(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "summary.json").write_text('{"my": "notes"}')
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"), PYTHONPATH=REPO_ROOT)
+    out = run_cli("demo", "--output", str(folder), cwd=tmp_path, env=env)
+    assert out.returncode == 2 and "holds no summary.json of an earlier demo" in out.stderr
+    assert os.listdir(folder) == ["summary.json"] and not os.path.exists(tmp_path / "datasets")
+    assert (folder / "summary.json").read_text() == '{"my": "notes"}'

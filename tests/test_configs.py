@@ -25,17 +25,36 @@ def test_configs_exist():
     assert os.path.join("configs", "Base-PersonSearch-C4.yaml") in names
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, REPO_ROOT))
-def test_config_loads(path):
+def load(path):
+    """The config of a yaml as its training script loads it."""
     parts = os.path.relpath(path, REPO_ROOT).split(os.sep)
     if parts[0] == "projects":
-        cfg = load_train_net(os.path.join(REPO_ROOT, "projects", parts[1])).load_config(path)
-    else:
-        cfg = get_cfg()
-        person_search.add_person_search_config(cfg)
-        cfg.merge_from_file(path)
+        return load_train_net(os.path.join(REPO_ROOT, "projects", parts[1])).load_config(path)
+    cfg = get_cfg()
+    person_search.add_person_search_config(cfg)
+    cfg.merge_from_file(path)
+    return cfg
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, REPO_ROOT))
+def test_config_loads(path):
+    cfg = load(path)
     assert cfg.MODEL.REID.LOSS in ("OIM", "Softmax")
     assert cfg.MODEL.REID.EMBED_DIM > 0
+
+
+def test_every_trainable_config_has_its_own_output_dir():
+    # Two configs sharing OUTPUT_DIR overwrite each other's checkpoints, and --resume would load the other's.
+    # Bases (Base-*.yaml) and the quick_schedules test / demo bases are not trained as they are.
+    trainable = [p for p in CONFIGS if not os.path.basename(p).startswith("Base-")
+                 and "quick_schedules" not in os.path.relpath(p, REPO_ROOT).split(os.sep)]
+    output_dirs = {}
+    for path in trainable:
+        output_dirs.setdefault(os.path.normpath(load(path).OUTPUT_DIR), []).append(os.path.relpath(path, REPO_ROOT))
+    assert "output" not in output_dirs, f"configs left at detectron2's default OUTPUT_DIR: {output_dirs['output']}"
+    shared = {d: paths for d, paths in output_dirs.items() if len(paths) > 1}
+    assert not shared, f"configs sharing an OUTPUT_DIR: {shared}"
+    assert len(trainable) > 20
 
 
 def test_every_reid_key_is_commented():

@@ -27,13 +27,18 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _output_dir(dataset_root):
+    """Where the evaluators write their results files: next to the temporary dataset, not in the working directory."""
+    return os.path.join(os.path.dirname(dataset_root), "output")
+
+
 def _evaluate(dataset_root, prefix):
     """PersonSearchTrainer.test of a seeded random tiny model on ``<prefix>_gallery``."""
     from person_search.data import register_cuhk_sysu
     from person_search.engine import PersonSearchTrainer
 
     register_cuhk_sysu(os.path.dirname(dataset_root), prefix=prefix, folder=os.path.basename(dataset_root))
-    cfg = tiny_cfg(*OPTS, "DATASETS.TEST", (f"{prefix}_gallery",))
+    cfg = tiny_cfg(*OPTS, "DATASETS.TEST", (f"{prefix}_gallery",), "OUTPUT_DIR", _output_dir(dataset_root))
     torch.manual_seed(0)
     model = PersonSearchTrainer.build_model(cfg)
     return PersonSearchTrainer.test(cfg, model)
@@ -45,7 +50,8 @@ def _evaluate_reid(dataset_root, prefix):
     from person_search.engine import PersonSearchTrainer
 
     register_reid_splits(prefix, dataset_root, load_market1501)
-    cfg = tiny_cfg("DATASETS.TEST", (f"{prefix}_gallery",), "TEST.REID.IMS_PER_BATCH", 3, config_file=REID_CONFIG)
+    cfg = tiny_cfg("DATASETS.TEST", (f"{prefix}_gallery",), "TEST.REID.IMS_PER_BATCH", 3,
+                   "OUTPUT_DIR", _output_dir(dataset_root), config_file=REID_CONFIG)
     torch.manual_seed(0)
     model = PersonSearchTrainer.build_model(cfg)
     return PersonSearchTrainer.test(cfg, model)

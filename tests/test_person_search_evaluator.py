@@ -214,6 +214,15 @@ def test_prw_all_cameras_and_cross_camera(prw):
     assert "search_occlusion" not in results
 
 
+def test_prw_results_file_has_no_gallery_size(prw, tmp_path):
+    # gallery_size is a CUHK-SYSU setting (test_cuhk_sysu_gallery_size checks it is recorded there)
+    evaluator = PersonSearchEvaluator(prw, gallery_size=50, cross_camera=True, output_dir=str(tmp_path))
+    _feed(evaluator, PRW_GALLERY, PRW_DETS, PRW_QUERIES, PRW_QUERY_EMB).evaluate()
+    saved = json.loads((tmp_path / "person_search_results.json").read_text())
+    assert saved["protocol"] == "prw" and saved["gallery_size"] is None and saved["cross_camera"] is True
+    assert saved["results"]["search"]["mAP"] == pytest.approx(100 * (0.5 + 1) / 2)
+
+
 def test_prw_camera_ids_are_needed_only_across_cameras():
     name = f"test_prw_{uuid.uuid4().hex}"
     gallery = [{k: v for k, v in d.items() if k != "camera_id"} for d in PRW_GALLERY]

@@ -1,6 +1,7 @@
 """Initialising the R50-C4 model from detectron2 model-zoo weights and from converted torchvision weights."""
 import logging
 import pickle
+import shlex
 
 import numpy as np
 import pytest
@@ -115,3 +116,8 @@ def test_conversion_tool_reads_training_checkpoints(tmp_path):
     with open(out, "rb") as f:
         weights = pickle.load(f)["model"]
     np.testing.assert_array_equal(weights["res5.1.conv2.weight"], tv.state_dict()["layer4.1.conv2.weight"].numpy())
+    # the printed overrides, split as a shell splits them when pasted, merge into a config
+    cfg = get_cfg()
+    cfg.merge_from_list(shlex.split(result.stdout.splitlines()[-1]))
+    assert cfg.MODEL.WEIGHTS == str(out) and cfg.INPUT.FORMAT == "RGB" and not cfg.MODEL.RESNETS.STRIDE_IN_1X1
+    assert cfg.MODEL.PIXEL_MEAN == [123.675, 116.28, 103.53] and cfg.MODEL.PIXEL_STD == [58.395, 57.12, 57.375]

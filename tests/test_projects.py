@@ -6,7 +6,10 @@ import subprocess
 import sys
 
 import torch
+import yaml
 
+import person_search
+from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
@@ -39,6 +42,33 @@ def test_r50_config_is_the_model_zoo_detector_plus_the_identity_branch():
     assert cfg.MODEL.ROI_HEADS.NAME == "ReIDStandardROIHeads" and cfg.MODEL.ROI_HEADS.NUM_CLASSES == 1
     assert cfg.MODEL.REID.OIM.NUM_LABELED == 5532 and cfg.DATASETS.TRAIN == ("cuhk_sysu_train",)
     assert cfg.SOLVER.STEPS == (40000,) and cfg.INPUT.MIN_SIZE_TRAIN == (600,)
+
+
+def _flat(node, prefix=""):
+    """{"A.B.C": value} of a CfgNode."""
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def test_r50_config_equals_the_main_fpn_config():
+    # the project's README and yaml: same solver, input, ROI sampling and test settings, so the results compare
+    project_yaml = os.path.join(PROJECT, "configs", "oim_R_50_FPN_cuhk_sysu.yaml")
+    with open(project_yaml) as f:
+        assert yaml.safe_load(f)["VERSION"] == 2  # detectron2 warns about a yaml without one
+    project = _flat(load_train_net(PROJECT).load_config(project_yaml))
+    main = get_cfg()
+    person_search.add_person_search_config(main)
+    main.merge_from_file(os.path.join(REPO_ROOT, "configs", "CUHK-SYSU", "oim_R_50_FPN_cuhk_sysu.yaml"))
+    main = _flat(main)
+    assert set(project) == set(main)
+    differing = {key for key in main if project[key] != main[key]}
+    # the mask head's keys are unused: both configs set MODEL.MASK_ON False
+    assert differing == {"OUTPUT_DIR", "MODEL.ROI_MASK_HEAD.NUM_CONV"} and not main["MODEL.MASK_ON"]
 
 
 def test_tiny_model_from_project_setup_trains_and_embeds(tmp_path):

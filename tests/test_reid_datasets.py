@@ -258,7 +258,8 @@ def test_cuhk03_classic_evaluation_uses_the_single_gallery_shot_cmc(tmp_path):
     _write_classic_testsets(root, [[(1, 11), (2, 30)]])
     prefix = f"test_cuhk03_classic_{uuid.uuid4().hex[:8]}"
     register_reid_splits(prefix, root, load_cuhk03_classic, cuhk03_single_gallery_shot=True)
-    evaluator = PersonSearchTrainer.build_evaluator(tiny_cfg(), f"{prefix}_gallery")
+    cfg = tiny_cfg("OUTPUT_DIR", str(tmp_path / "output"))  # where evaluate() writes reid_results.json
+    evaluator = PersonSearchTrainer.build_evaluator(cfg, f"{prefix}_gallery")
     assert evaluator._single_gallery_shot
     evaluator.reset()
     for split in ("query", "gallery"):  # the same crops in both sets

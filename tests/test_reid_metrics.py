@@ -1,5 +1,6 @@
 """Crop re-ID metrics (CMC / mAP / mINP, CUHK03 single-gallery-shot) and ReIDEvaluator on hand-computed cases."""
 import itertools
+import json
 import uuid
 
 import numpy as np
@@ -186,9 +187,9 @@ def case_a_datasets():
         MetadataCatalog.remove(name)
 
 
-def test_evaluator_hand_computed(case_a_datasets):
+def test_evaluator_hand_computed(case_a_datasets, tmp_path):
     prefix, query, gallery, q_emb, g_emb = case_a_datasets
-    evaluator = ReIDEvaluator(prefix + "_query", prefix + "_gallery")
+    evaluator = ReIDEvaluator(prefix + "_query", prefix + "_gallery", output_dir=str(tmp_path / "inference"))
     evaluator.reset()
     records = list(zip(query, q_emb)) + list(zip(gallery, g_emb))
     order = [7, 0, 9, 3, 1, 8, 5, 2, 4, 6]  # mixed query / gallery order, two batches
@@ -203,6 +204,10 @@ def test_evaluator_hand_computed(case_a_datasets):
     assert result["rank5"] == pytest.approx(100.0)
     assert result["rank10"] == pytest.approx(100.0)
     assert list(result) == ["mAP", "rank1", "rank5", "rank10", "mINP"]
+    saved = json.loads((tmp_path / "inference" / "reid_results.json").read_text())
+    assert saved["results"]["reid"] == pytest.approx(result)
+    assert (saved["query_dataset"], saved["gallery_dataset"]) == (prefix + "_query", prefix + "_gallery")
+    assert (saved["num_queries"], saved["num_valid_queries"], saved["cuhk03_single_gallery_shot"]) == (4, 2, False)
 
 
 def test_evaluator_checks_completeness(case_a_datasets):

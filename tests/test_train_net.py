@@ -1,4 +1,5 @@
 """PersonSearchTrainer on a tiny synthetic CUHK-SYSU: training, evaluation, checkpoint resume."""
+import json
 import os
 
 import pytest
@@ -7,8 +8,10 @@ import torch
 from detectron2.engine import HookBase
 from detectron2.utils.env import seed_all_rng
 
-from conftest import REPO_ROOT, tiny_cfg
+from conftest import REPO_ROOT, TINY_CONFIG, tiny_cfg
 from person_search.engine import PersonSearchTrainer
+
+TINY_REID_CONFIG = os.path.join(REPO_ROOT, "configs", "quick_schedules", "oim_tiny_reid_crop_cpu_instant_test.yaml")
 
 
 def trainer_cfg(prefix, output_dir, *opts):
@@ -173,6 +176,18 @@ def test_too_small_lookup_table_is_reported_before_training(synthetic_cuhk_sysu,
         PersonSearchTrainer(trainer_cfg(prefix, tmp_path, "MODEL.REID.OIM.NUM_LABELED", 5))
 
 
+@pytest.mark.parametrize(
+    "config, example",
+    [(TINY_CONFIG, "synthetic_cuhk_sysu_train"), (TINY_REID_CONFIG, "market1501_train")],
+)
+def test_training_without_a_dataset_names_the_key_to_set(tmp_path, config, example):
+    # the quick_schedules C4 / FPN configs name no dataset; detectron2 alone fails with "AssertionError: ()"
+    cfg = tiny_cfg("DATASETS.TRAIN", (), "OUTPUT_DIR", str(tmp_path), config_file=config)
+    with pytest.raises(ValueError, match="DATASETS.TRAIN is empty") as error:
+        PersonSearchTrainer(cfg)
+    assert example in str(error.value) and "datasets/prepare_synthetic.py" in str(error.value)
+
+
 def test_train_net_script_help():
     import subprocess
     import sys
@@ -199,7 +214,7 @@ def test_crop_reid_trains_and_evaluates_with_the_same_trainer(tmp_path):
         "DATASETS.TEST", (f"{prefix}_gallery",),
         "SOLVER.MAX_ITER", 3,
         "OUTPUT_DIR", str(tmp_path / "out"),
-        config_file=os.path.join(REPO_ROOT, "configs", "quick_schedules", "oim_tiny_reid_crop_cpu_instant_test.yaml"),
+        config_file=TINY_REID_CONFIG,
     )
     cfg.freeze()
     trainer = PersonSearchTrainer(cfg)
@@ -208,6 +223,8 @@ def test_crop_reid_trains_and_evaluates_with_the_same_trainer(tmp_path):
     metrics = results[f"{prefix}_gallery"]["reid"]
     assert set(metrics) == {"mAP", "rank1", "rank5", "rank10", "mINP"}
     assert all(0.0 <= v <= 100.0 for v in metrics.values())
+    saved = json.loads((tmp_path / "out" / "inference" / f"{prefix}_gallery" / "reid_results.json").read_text())
+    assert saved["results"]["reid"] == pytest.approx(metrics)
 
 
 def test_detectron2s_amp_switch_means_fp16():

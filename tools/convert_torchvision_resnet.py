@@ -8,6 +8,7 @@ STRIDE_IN_1X1 False), e.g. configs/CUHK-SYSU/oim_R_50_C4_cuhk_sysu_torchvision.y
 """
 import argparse
 import os
+import shlex
 
 import torch
 
@@ -35,9 +36,10 @@ def main():
     weights = convert_torchvision_resnet(resnet_state_dict(checkpoint))
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     save_detectron2_weights(weights, args.output)
-    print(f"wrote {len(weights)} tensors to {args.output}; train with:")
-    for key, value in TORCHVISION_INPUT_CONFIG.items():
-        print(f"  {key} {value}")
+    # one line of KEY VALUE pairs to append to a train_net.py command, shell-quoted ('[123.675, ...]' is one word)
+    overrides = {"MODEL.WEIGHTS": args.output, **TORCHVISION_INPUT_CONFIG}
+    print(f"wrote {len(weights)} tensors to {args.output}; train with these config overrides:")
+    print("  " + " ".join(f"{key} {shlex.quote(str(value))}" for key, value in overrides.items()))
 
 
 if __name__ == "__main__":

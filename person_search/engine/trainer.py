@@ -18,7 +18,7 @@ from person_search.precision import amp_dtype, inference_autocast
 from .hooks import RandomStateCheckpointHook
 from .train_loop import MixedPrecisionTrainer, amp_dtype_from_config
 
-__all__ = ["PersonSearchTrainer", "ResumableTrainingSampler"]
+__all__ = ["PersonSearchTrainer", "ResumableTrainingSampler", "require_datasets"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,26 @@ def _check_num_labeled(cfg, dataset_dicts):
         )
     if num_ids < capacity:
         logger.warning(f"{key} is {capacity} but the training set labels only {num_ids} identities")
+
+
+def require_datasets(cfg, key):
+    """Raise ValueError if ``cfg.DATASETS.<key>`` ("TRAIN" or "TEST") names no dataset.
+
+    detectron2 fails on an empty list with a bare ``AssertionError: ()``.
+    """
+    if cfg.DATASETS[key]:
+        return
+    # a registered set that datasets/prepare_synthetic.py writes, for the example in the message
+    fmt, prefix = ("market1501", "market1501") if cfg.MODEL.META_ARCHITECTURE == "ReIDCropNet" \
+        else ("cuhk_sysu", "synthetic_cuhk_sysu")
+    example = f"{prefix}_{'train' if key == 'TRAIN' else 'gallery'}"
+    purpose = "train on" if key == "TRAIN" else "evaluate"
+    raise ValueError(
+        f"DATASETS.{key} is empty: the config names no dataset to {purpose} (the C4 and FPN configs of "
+        "configs/quick_schedules/ are bases for the tests and the demo and name none). Set it to registered "
+        f"datasets, e.g. DATASETS.{key} '(\"{example}\",)' after writing a synthetic set with "
+        f"`python datasets/prepare_synthetic.py --format {fmt} --preset demo`"
+    )
 
 
 def _check_test_settings(cfg):
@@ -119,6 +139,7 @@ class PersonSearchTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg, start_iter=0):
+        require_datasets(cfg, "TRAIN")
         dataset = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN,
             filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
@@ -172,6 +193,7 @@ class PersonSearchTrainer(DefaultTrainer):
                 query_dataset,
                 dataset_name,
                 cuhk03_single_gallery_shot=getattr(meta, "cuhk03_single_gallery_shot", False),
+                output_dir=output_folder,
             )
         raise NotImplementedError(
             f"dataset '{dataset_name}' has evaluator_type {evaluator_type!r}; PersonSearchTrainer evaluates "

@@ -87,7 +87,8 @@ class PersonSearchEvaluator(DatasetEvaluator):
             gallery_size: CUHK-SYSU gallery size, one of the metadata's ``gallery_sizes`` or -1 (whole test set).
             cross_camera: PRW only: also drop gallery frames from the query's camera.
             det_thresh: detections scoring below it are ignored by both protocols.
-            output_dir: where to write ``person_search_results.json`` (None: do not write).
+            output_dir: where to write ``person_search_results.json`` (None: do not write); its ``gallery_size``
+                is null for PRW.
             use_gt_boxes: the gallery outputs are the ground-truth boxes (one per annotation, in order), giving
                 the re-identification upper bound; inference then embeds the ground-truth boxes.
         """
@@ -108,7 +109,10 @@ class PersonSearchEvaluator(DatasetEvaluator):
             if gallery_size not in allowed:
                 raise ValueError(f"PersonSearchEvaluator: gallery_size {gallery_size} is not one of {allowed}")
             if cross_camera:
-                raise ValueError("PersonSearchEvaluator: cross_camera needs camera ids; CUHK-SYSU has none")
+                raise ValueError(
+                    f"PersonSearchEvaluator: '{gallery_dataset_name}' is a CUHK-SYSU gallery: cross_camera "
+                    "(TEST.PERSON_SEARCH.CROSS_CAMERA, a PRW setting) needs camera ids; CUHK-SYSU has none"
+                )
         self._gallery_name = gallery_dataset_name
         self._query_name = meta.query_dataset
         self._meta = meta
@@ -369,7 +373,7 @@ class PersonSearchEvaluator(DatasetEvaluator):
                 "gallery_dataset": self._gallery_name,
                 "query_dataset": self._query_name,
                 "protocol": self._meta.protocol,
-                "gallery_size": self._gallery_size,
+                "gallery_size": self._gallery_size if self._meta.protocol == "cuhk_sysu" else None,
                 "cross_camera": self._cross_camera,
                 "det_thresh": self._det_thresh,
                 "use_gt_boxes": self.use_gt_boxes,

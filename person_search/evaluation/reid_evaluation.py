@@ -12,7 +12,9 @@ Distractors (pid 0) are ordinary negatives. The CUHK03 "single gallery shot" var
 list but computes CMC over ``num_repeats`` random galleries of one crop per identity, averaged.
 """
 import itertools
+import json
 import logging
+import os
 from collections import OrderedDict
 
 import numpy as np
@@ -20,6 +22,7 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator, inference_on_dataset
 from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
 
 from .inference import build_batched_test_loader
@@ -283,16 +286,19 @@ class ReIDEvaluator(DatasetEvaluator):
     every crop of both sets was processed exactly once and returns, in percent::
 
         {"reid": {"mAP", "rank1", "rank5", "rank10", "mINP"}}
+
+    With ``output_dir`` it also writes them, with the datasets and query counts, to ``reid_results.json`` there.
     """
 
     def __init__(self, query_dataset_name, gallery_dataset_name, *, cuhk03_single_gallery_shot=False,
-                 num_repeats=10, seed=0, max_rank=50):
+                 num_repeats=10, seed=0, max_rank=50, output_dir=None):
         """
         Args:
             query_dataset_name, gallery_dataset_name: registered re-ID datasets (person_id / camera_id per crop).
             cuhk03_single_gallery_shot: CMC of the classic CUHK03 protocol: ``num_repeats`` galleries of one
                 random crop per identity (seeded by ``seed``), averaged; mAP / mINP stay on the full gallery.
             max_rank: length of the CMC curve (at least 10, the largest reported rank).
+            output_dir: where to write ``reid_results.json`` (None: do not write).
         """
         if max_rank < max(_REPORTED_RANKS):
             raise ValueError(f"ReIDEvaluator: max_rank must be >= {max(_REPORTED_RANKS)}, got {max_rank}")
@@ -301,6 +307,7 @@ class ReIDEvaluator(DatasetEvaluator):
         self._num_repeats = num_repeats
         self._seed = seed
         self._max_rank = max_rank
+        self._output_dir = output_dir
         self.reset()
 
     def reset(self):
@@ -349,7 +356,20 @@ class ReIDEvaluator(DatasetEvaluator):
             f"Re-ID results of '{self._names['query']}' against '{self._names['gallery']}'{variant}:\n"
             + create_small_table(summary)
         )
-        return OrderedDict(reid=summary)
+        results = OrderedDict(reid=summary)
+        if self._output_dir:
+            PathManager.mkdirs(self._output_dir)
+            record = {
+                "gallery_dataset": self._names["gallery"],
+                "query_dataset": self._names["query"],
+                "cuhk03_single_gallery_shot": self._single_gallery_shot,
+                "num_queries": metrics["num_queries"],
+                "num_valid_queries": metrics["num_valid_queries"],
+                "results": results,
+            }
+            with PathManager.open(os.path.join(self._output_dir, "reid_results.json"), "w") as f:
+                json.dump(record, f, indent=2)
+        return results
 
     def _collect(self, split, records):
         """(features, pids, camids) of ``split`` in dataset order, every crop processed exactly once."""
