@@ -103,6 +103,12 @@ def _evaluate_command(args):
         cfg = load_search_config(args.config, opts)
     except (SearchError, FileNotFoundError) as e:
         return fail(e)
+    person_search_flags = [flag for flag, given in (("--gallery-size", args.gallery_size is not None),
+                                                    ("--cross-camera", args.cross_camera),
+                                                    ("--use-gt-boxes", args.use_gt_boxes)) if given]
+    if person_search_flags and cfg.MODEL.META_ARCHITECTURE == "ReIDCropNet":
+        return fail(f"config {args.config} is a crop re-ID model: {', '.join(person_search_flags)} apply to person "
+                    "search only")
     if args.batch_size is not None:
         cfg.defrost()
         cfg.merge_from_list([_batch_size_key(cfg), args.batch_size])

@@ -85,6 +85,11 @@ def test_evaluate_a_crop_reid_model_writes_results_and_uses_the_reid_batch_size(
     # one loader over the query crops, then the gallery crops, in batches of --batch-size (TEST.REID.IMS_PER_BATCH)
     crops = sum(len(load_market1501(str(market), split)) for split in ("query", "gallery"))
     assert f"Start inference on {-(-crops // 5)} batches" in out.stdout + out.stderr
+    # the person-search protocol flags mean nothing for crops: refused, not ignored
+    out = run_cli("evaluate", "--config", config, "--weights", str(tmp_path / "model.pth"), "--gallery-size", "50",
+                  "--use-gt-boxes", cwd=tmp_path, env=env)
+    assert out.returncode == 2
+    assert "is a crop re-ID model: --gallery-size, --use-gt-boxes apply to person search only" in out.stderr
 
 
 def test_batch_size_sets_the_key_of_the_configs_task():
