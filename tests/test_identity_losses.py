@@ -120,6 +120,13 @@ def test_invalid_pids_are_rejected_with_a_clear_error():
         oim(torch.rand(2, 2), torch.tensor([0]))
 
 
+def test_invalid_sizes_are_rejected_at_construction():
+    with pytest.raises(ValueError, match="OIMLoss: need embed_dim > 0"):
+        OIMLoss(embed_dim=0, num_labeled=4, queue_size=2)
+    with pytest.raises(ValueError, match="SoftmaxIdentityLoss: need embed_dim > 0 and num_classes > 0"):
+        SoftmaxIdentityLoss(embed_dim=8, num_classes=0)
+
+
 def test_softmax_loss_ignores_unlabeled():
     softmax = SoftmaxIdentityLoss(embed_dim=2, num_classes=3)
     feats = F.normalize(torch.rand(3, 2), dim=1)

@@ -84,3 +84,14 @@ def test_from_config(image_file):
     test_mapper = PersonSearchDatasetMapper(cfg, is_train=False, gallery_gt_boxes=True)
     assert test_mapper.gallery_gt_boxes
     assert test_mapper(gallery_dict(image_file))["image"].shape == (3, 120, 240)
+
+
+def test_training_drops_crowd_regions_and_names_annotations_without_person_id(image_file):
+    mapper = PersonSearchDatasetMapper(is_train=True, augmentations=[], image_format="BGR")
+    record = gallery_dict(image_file)
+    record["annotations"][0]["iscrowd"] = 1  # a crowd region is no person (detectron2's DatasetMapper drops it)
+    assert mapper(record)["instances"].gt_pids.tolist() == [-1]  # the empty box goes too
+    record = gallery_dict(image_file)
+    del record["annotations"][2]["person_id"]
+    with pytest.raises(ValueError, match=r"s1.jpg: 1 of 3 annotations have no 'person_id'.*-1 for a person"):
+        mapper(record)

@@ -4,11 +4,12 @@ import torch
 from torch import nn
 
 from detectron2.layers import ShapeSpec
-from detectron2.modeling.roi_heads import build_roi_heads
+from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, build_roi_heads
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from conftest import TINY_FPN_CONFIG, tiny_cfg
+from person_search.modeling import OIMLoss
 
 IMAGE_SIZE = (96, 128)
 
@@ -288,3 +289,48 @@ def test_fpn_head_refuses_embedding_from_proposals():
         build_roi_heads(cfg, {f"p{i}": ShapeSpec(channels=32, stride=2**i) for i in range(2, 6)})
     with pytest.raises(ValueError, match="'boxes' or 'proposals'"):
         build_roi_heads(tiny_cfg("MODEL.REID.EMBED_DETECTIONS_FROM", "rois"), {"res4": ShapeSpec(channels=256, stride=16)})
+
+
+def test_gt_pids_must_be_int64():
+    head, features = build_head("ReIDStandardROIHeads")
+    targets, proposals = targets_and_proposals()
+    targets[0].gt_pids = targets[0].gt_pids.int()
+    with EventStorage(), pytest.raises(ValueError, match="gt_pids must be int64 .* got torch.int32"):
+        head(None, features, proposals, targets)
+
+
+@pytest.mark.parametrize("name", ["ReIDRes5ROIHeads", "ReIDStandardROIHeads"])
+def test_given_boxes_without_classes_are_persons(name):
+    head, features = build_head(name)
+    head.eval()
+    boxes = Boxes(torch.tensor([[10.0, 10.0, 40.0, 80.0], [70.0, 5.0, 110.0, 90.0]]))
+    with_classes, without = Instances(IMAGE_SIZE), Instances(IMAGE_SIZE)
+    with_classes.pred_boxes, without.pred_boxes = boxes, boxes.clone()
+    with_classes.pred_classes = torch.zeros(2, dtype=torch.long)
+    one_image = {k: v[:1] for k, v in features.items()}
+    with torch.no_grad():
+        (a,) = head.forward_with_given_boxes(one_image, [with_classes])
+        (b,) = head.forward_with_given_boxes(one_image, [without])
+    assert b.pred_classes.tolist() == [0, 0]
+    assert torch.equal(a.pred_embeddings, b.pred_embeddings)
+
+
+@pytest.mark.parametrize(
+    "config_file, shapes",
+    [(None, {"res4": ShapeSpec(channels=256, stride=16)}),
+     (TINY_FPN_CONFIG, {f"p{i}": ShapeSpec(channels=32, stride=2**i) for i in range(2, 6)})],
+)
+def test_heads_refuse_what_the_identity_branch_cannot_do(config_file, shapes):
+    kwargs = {"config_file": config_file} if config_file else {}
+    with pytest.raises(ValueError, match="NUM_CLASSES must be 1 \\(person\\), got 3"):
+        build_roi_heads(tiny_cfg("MODEL.ROI_HEADS.NUM_CLASSES", 3, **kwargs), shapes)
+    # explicit arguments (detectron2's @configurable without a config), with a loss of another dimension
+    cfg = tiny_cfg(**kwargs)
+    head_class = ROI_HEADS_REGISTRY.get(cfg.MODEL.ROI_HEADS.NAME)
+    args = head_class.from_config(cfg, shapes)
+    args["identity_loss"] = OIMLoss(embed_dim=16, num_labeled=4, queue_size=2)
+    with pytest.raises(ValueError, match="embedding head gives 32-d embeddings but the identity loss expects 16-d"):
+        head_class(**args)
+    if config_file is None:
+        with pytest.raises(ValueError, match="does not support masks: set MODEL.MASK_ON False"):
+            build_roi_heads(tiny_cfg("MODEL.MASK_ON", True, **kwargs), shapes)

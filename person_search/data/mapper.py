@@ -17,7 +17,9 @@ class PersonSearchDatasetMapper:
 
     Training: reads the image, applies the augmentations (by default ResizeShortestEdge and RandomFlip from
     ``cfg.INPUT``) and returns ``image`` and ``instances`` with ``gt_boxes``, ``gt_classes`` and ``gt_pids``
-    (int64 person ids, -1 unlabeled), empty boxes removed from all three together.
+    (int64 person ids, -1 unlabeled), empty boxes removed from all three together. Every annotation needs a
+    ``person_id`` (-1 for a person without identity); crowd annotations (``iscrowd`` 1) are dropped, as
+    detectron2's DatasetMapper does.
 
     Inference: returns ``image`` (resized), the original ``height`` / ``width``, the dict's other fields
     (``image_id``, ``file_name``, ``query_box``, ``query_id``, ``person_id``, ``camera_id``, ...) and, for a query
@@ -68,6 +70,13 @@ class PersonSearchDatasetMapper:
 
         annotations = dataset_dict.pop("annotations", [])
         if self.is_train:
+            annotations = [a for a in annotations if a.get("iscrowd", 0) == 0]
+            missing = sum("person_id" not in a for a in annotations)
+            if missing:
+                raise ValueError(
+                    f"{dataset_dict.get('file_name')}: {missing} of {len(annotations)} annotations have no "
+                    "'person_id'; the identity branch needs one per person (-1 for a person without identity)"
+                )
             dataset_dict["instances"] = self._training_instances(annotations, transforms, image_shape)
             return dataset_dict
         if "query_box" in dataset_dict:

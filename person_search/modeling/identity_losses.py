@@ -72,10 +72,10 @@ class OIMLoss(nn.Module):
     @configurable
     def __init__(self, *, embed_dim, num_labeled, queue_size, momentum=0.5, scalar=10.0):
         super().__init__()
-        if num_labeled <= 0 or queue_size < 0 or not 0.0 <= momentum <= 1.0:
+        if embed_dim <= 0 or num_labeled <= 0 or queue_size < 0 or not 0.0 <= momentum <= 1.0:
             raise ValueError(
-                f"OIMLoss: need num_labeled > 0, queue_size >= 0, 0 <= momentum <= 1; "
-                f"got {num_labeled}, {queue_size}, {momentum}"
+                f"OIMLoss: need embed_dim > 0, num_labeled > 0, queue_size >= 0, 0 <= momentum <= 1; "
+                f"got {embed_dim}, {num_labeled}, {queue_size}, {momentum}"
             )
         self.embed_dim = embed_dim
         self.num_labeled = num_labeled
@@ -159,6 +159,11 @@ class SoftmaxIdentityLoss(nn.Module):
     @configurable
     def __init__(self, *, embed_dim, num_classes):
         super().__init__()
+        if embed_dim <= 0 or num_classes <= 0:
+            raise ValueError(
+                f"SoftmaxIdentityLoss: need embed_dim > 0 and num_classes > 0, got {embed_dim}, {num_classes}"
+            )
+        self.embed_dim = embed_dim
         self.num_classes = num_classes
         self.classifier = nn.Linear(embed_dim, num_classes)
         nn.init.normal_(self.classifier.weight, std=0.01)

@@ -4,7 +4,11 @@ Training: the identity loss is computed on the foreground proposals sampled for 
 the ``gt_pids`` of its matched ground truth (-1 = unlabeled person). Background proposals are excluded:
 ``label_and_sample_proposals`` copies every ``gt_*`` field, so they carry the pid of their nearest person.
 Inference: ``pred_embeddings`` (N, EMBED_DIM), L2-normalised, computed on the final (regressed) boxes, and on
-given boxes in ``forward_with_given_boxes`` (query persons).
+given boxes in ``forward_with_given_boxes`` (query persons: ``pred_boxes``; ``pred_classes`` 0 is added where
+missing). The heads detect one class, person (``MODEL.ROI_HEADS.NUM_CLASSES`` 1).
+
+Built from a config, the heads pool and predict boxes in float32 under autocast (:class:`FullPrecisionPooler`,
+:class:`FullPrecisionOutputLayers`); built with explicit arguments, pass those modules for the same behaviour.
 """
 import torch
 from torch import nn
@@ -88,6 +92,19 @@ class _IdentityBranch:
     A head provides ``_embed(features, boxes) -> (N, D)`` for a non-empty list of per-image Boxes."""
 
     def _init_identity_branch(self, embedding_head, identity_loss, reid_loss_weight):
+        name = type(self).__name__
+        if self.num_classes != 1:
+            # every foreground proposal is a person to the identity loss (its queue, its lookup table)
+            raise ValueError(
+                f"{name}: the identity branch treats every detected object as a person: MODEL.ROI_HEADS.NUM_CLASSES "
+                f"must be 1 (person), got {self.num_classes}"
+            )
+        loss_dim = getattr(identity_loss, "embed_dim", embedding_head.embed_dim)
+        if loss_dim != embedding_head.embed_dim:
+            raise ValueError(
+                f"{name}: the embedding head gives {embedding_head.embed_dim}-d embeddings but the identity loss "
+                f"expects {loss_dim}-d"
+            )
         self.embedding_head = embedding_head
         self.identity_loss = identity_loss
         self.reid_loss_weight = reid_loss_weight
@@ -106,6 +123,14 @@ class _IdentityBranch:
 
     def _no_embeddings(self, like):
         return like.new_zeros(0, self.embedding_head.embed_dim, dtype=torch.float32)
+
+
+def _with_person_classes(instances):
+    """detectron2's ``forward_with_given_boxes`` needs ``pred_classes``: given boxes without them are persons."""
+    for x in instances:
+        if not x.has("pred_classes"):
+            x.pred_classes = torch.zeros(len(x), dtype=torch.int64, device=x.pred_boxes.device)
+    return instances
 
 
 def _split_embeddings(instances, embeddings):
@@ -131,6 +156,8 @@ def _check_gt_pids(targets):
                 "ReID ROI heads need Instances.gt_pids in training targets; use "
                 "person_search.data.PersonSearchDatasetMapper (or add gt_pids: -1 for unlabeled persons)"
             )
+        if t.has("gt_pids") and t.gt_pids.dtype != torch.int64:
+            raise ValueError(f"Instances.gt_pids must be int64 (like gt_classes), got {t.gt_pids.dtype}")
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -147,6 +174,8 @@ class ReIDRes5ROIHeads(_IdentityBranch, Res5ROIHeads):
                 "proposals" (reuse the res5 features of the proposal it was regressed from).
         """
         super().__init__(**kwargs)
+        if self.mask_on:
+            raise ValueError("ReIDRes5ROIHeads does not support masks: set MODEL.MASK_ON False")
         self._init_identity_branch(embedding_head, identity_loss, reid_loss_weight)
         if embed_detections_from not in ("boxes", "proposals"):
             raise ValueError(
@@ -181,8 +210,6 @@ class ReIDRes5ROIHeads(_IdentityBranch, Res5ROIHeads):
             pids, is_fg = foreground_pids(proposals, self.num_classes)
             embeddings = self.embedding_head(box_features[is_fg])
             losses.update(self._reid_loss(embeddings, pids[is_fg]))
-            if self.mask_on:
-                raise NotImplementedError("ReIDRes5ROIHeads does not support MODEL.MASK_ON")
             return [], losses
 
         pred_instances, kept = self.box_predictor.inference(predictions, proposals)
@@ -210,7 +237,8 @@ class ReIDRes5ROIHeads(_IdentityBranch, Res5ROIHeads):
     def forward_with_given_boxes(self, features, instances):
         """Embed ``instances[i].pred_boxes`` (final detections or given query boxes)."""
         assert not self.training
-        return self._attach_embeddings(features, super().forward_with_given_boxes(features, instances))
+        instances = super().forward_with_given_boxes(features, _with_person_classes(instances))
+        return self._attach_embeddings(features, instances)
 
     def _embed(self, features, boxes):
         return self.embedding_head(self._shared_roi_transform([features[f] for f in self.in_features], boxes))
@@ -305,4 +333,5 @@ class ReIDStandardROIHeads(_IdentityBranch, StandardROIHeads):
 
     def forward_with_given_boxes(self, features, instances):
         """Embed ``instances[i].pred_boxes`` (final detections or given query boxes)."""
-        return self._attach_embeddings(features, super().forward_with_given_boxes(features, instances))
+        instances = super().forward_with_given_boxes(features, _with_person_classes(instances))
+        return self._attach_embeddings(features, instances)
