@@ -43,9 +43,11 @@ keep() {  # keep NAME COMMAND...: COMMAND's JSON lines go to results.jsonl, tagg
   local name=$1; shift
   if "$@" > "$out/$name.part" && python3 -c 'import json, sys
 for line in open(sys.argv[1]):
-    print(json.dumps({"run": sys.argv[2], **json.loads(line)}))' "$out/$name.part" "$name" >> "$out/results.jsonl"; then
-    rm "$out/$name.part"
+    print(json.dumps({"run": sys.argv[2], **json.loads(line)}))' "$out/$name.part" "$name" > "$out/$name.tagged"; then
+    cat "$out/$name.tagged" >> "$out/results.jsonl"  # all of a run's lines or none
+    rm "$out/$name.part" "$out/$name.tagged"
   else
+    rm -f "$out/$name.tagged"
     echo "!! $name failed (partial lines in $name.part)" >&2
     failed="$failed $name"
   fi

@@ -4,6 +4,7 @@ import json
 import os
 import sys
 
+from .config import is_crop_reid
 from .precision import PRECISION_FLAGS
 from .search import SearchError
 from .search.cli_commands import fail
@@ -81,6 +82,7 @@ def _demo_command(args):
 
 def _evaluate_command(args):
     from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.data import MetadataCatalog
 
     from .engine import PersonSearchTrainer, require_datasets
     from .search import load_search_config
@@ -106,7 +108,7 @@ def _evaluate_command(args):
     person_search_flags = [flag for flag, given in (("--gallery-size", args.gallery_size is not None),
                                                     ("--cross-camera", args.cross_camera),
                                                     ("--use-gt-boxes", args.use_gt_boxes)) if given]
-    if person_search_flags and cfg.MODEL.META_ARCHITECTURE == "ReIDCropNet":
+    if person_search_flags and is_crop_reid(cfg):
         return fail(f"config {args.config} is a crop re-ID model: {', '.join(person_search_flags)} apply to person "
                     "search only")
     if args.batch_size is not None:
@@ -119,6 +121,9 @@ def _evaluate_command(args):
         evaluators = [PersonSearchTrainer.build_evaluator(cfg, name) for name in cfg.DATASETS.TEST]
     except (ValueError, NotImplementedError) as e:
         return fail(f"config {args.config}: {e}")
+    prw = [name for name in cfg.DATASETS.TEST if getattr(MetadataCatalog.get(name), "protocol", None) == "prw"]
+    if args.gallery_size is not None and prw:
+        return fail(f"--gallery-size is a CUHK-SYSU setting; {', '.join(prw)} use the PRW protocol (whole gallery)")
     model = PersonSearchTrainer.build_model(cfg)
     DetectionCheckpointer(model).load(args.weights)
     try:
@@ -131,7 +136,7 @@ def _evaluate_command(args):
 
 def _batch_size_key(cfg):
     """The test batch size key of the config's task: crops for the crop re-ID model, images for person search."""
-    if cfg.MODEL.META_ARCHITECTURE == "ReIDCropNet":
+    if is_crop_reid(cfg):
         return "TEST.REID.IMS_PER_BATCH"
     return "TEST.PERSON_SEARCH.IMS_PER_BATCH"
 

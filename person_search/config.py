@@ -1,7 +1,12 @@
 """Config keys added by the person-search plugin."""
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_person_search_config"]
+__all__ = ["add_person_search_config", "is_crop_reid"]
+
+
+def is_crop_reid(cfg):
+    """Whether ``cfg`` is a crop re-ID model (``ReIDCropNet``, cropped persons) rather than person search."""
+    return cfg.MODEL.META_ARCHITECTURE == "ReIDCropNet"
 
 
 def add_person_search_config(cfg):

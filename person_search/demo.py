@@ -30,6 +30,8 @@ DEMO_CONFIG = (
     else os.path.join(os.path.dirname(_PACKAGE_DIR), "configs", _DEMO_CONFIG_NAME)
 )
 DATASET_PREFIX = "synthetic_cuhk_sysu"
+# The folders the demo writes into its output folder before summary.json, which comes last.
+_DEMO_FOLDERS = {"untrained", "train", "gallery", "index", "query"}
 
 
 def _dataset_folder():
@@ -60,18 +62,17 @@ def _prepare_data(seed, preset):
 
 
 def _check_output_dir(output_dir):
-    """Refuse a non-empty folder that no earlier demo wrote (its summary.json): the demo replaces files there."""
-    from person_search.search import SearchError
-    from person_search.search.index import json_object
+    """Refuse a non-empty folder that no earlier demo wrote: the demo replaces files there. An earlier demo's
+    folder has its summary.json, or, if it stopped before the end, only entries the demo writes."""
+    from person_search.search.index import json_object, require_own_folder
 
-    if not os.path.isdir(output_dir) or not os.listdir(output_dir):
-        return
-    summary = json_object(os.path.join(output_dir, "summary.json"))
-    if summary is None or not {"untrained", "trained"} <= set(summary):
-        raise SearchError(
-            f"demo output {output_dir} is not empty and holds no summary.json of an earlier demo: use a new or "
-            "empty directory (nothing in it was changed)"
-        )
+    def is_demo_output(path):
+        summary = json_object(os.path.join(path, "summary.json"))
+        finished = summary is not None and {"untrained", "trained"} <= set(summary)
+        return finished or set(os.listdir(path)) <= _DEMO_FOLDERS
+
+    require_own_folder(output_dir, "demo output", is_demo_output,
+                       "summary.json of an earlier demo, nor only the folders a demo writes")
 
 
 def _search_metrics(results):

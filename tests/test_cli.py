@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO_ROOT
 
 
@@ -101,15 +103,24 @@ def test_batch_size_sets_the_key_of_the_configs_task():
     assert _batch_size_key(tiny_cfg(config_file=TINY_CONFIG)) == "TEST.PERSON_SEARCH.IMS_PER_BATCH"
 
 
-def test_evaluate_refuses_cross_camera_on_cuhk_sysu_before_building_the_model(tmp_path):
+def test_evaluate_refuses_protocol_flags_of_the_other_dataset_before_building_the_model(tmp_path, monkeypatch, capsys):
+    from person_search.cli import main as cli_main
+    from person_search.engine import PersonSearchTrainer
+
+    def no_model(cfg):
+        raise AssertionError("the refusal must come before the model build")
+
+    monkeypatch.setattr(PersonSearchTrainer, "build_model", classmethod(lambda cls, cfg: no_model(cfg)))
     weights = tmp_path / "model.pth"
     weights.write_bytes(b"")  # never read: the error comes first
-    config = os.path.join(REPO_ROOT, "configs", "CUHK-SYSU", "oim_R_50_C4_cuhk_sysu.yaml")
-    out = run_cli("evaluate", "--config", config, "--weights", str(weights), "--cross-camera", cwd=tmp_path)
-    assert out.returncode == 2 and "Traceback" not in out.stderr
-    (error,) = [line for line in out.stderr.splitlines() if line.startswith("person-search: error:")]
+    cuhk_sysu = os.path.join(REPO_ROOT, "configs", "CUHK-SYSU", "oim_R_50_C4_cuhk_sysu.yaml")
+    assert cli_main(["evaluate", "--config", cuhk_sysu, "--weights", str(weights), "--cross-camera"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("person-search: error: config ") and "oim_R_50_C4_cuhk_sysu.yaml" in error
     assert "cross_camera (TEST.PERSON_SEARCH.CROSS_CAMERA, a PRW setting)" in error and "CUHK-SYSU has none" in error
-    assert "oim_R_50_C4_cuhk_sysu.yaml" in error
+    prw = os.path.join(REPO_ROOT, "configs", "PRW", "oim_R_50_C4_prw.yaml")
+    assert cli_main(["evaluate", "--config", prw, "--weights", str(weights), "--gallery-size", "50"]) == 2
+    assert "--gallery-size is a CUHK-SYSU setting; prw_gallery use the PRW protocol" in capsys.readouterr().err
 
 
 def test_evaluate_refuses_a_config_without_test_datasets(tmp_path):
@@ -120,6 +131,18 @@ def test_evaluate_refuses_a_config_without_test_datasets(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "person-search: error:" in out.stderr and "DATASETS.TEST is empty" in out.stderr
     assert "synthetic_cuhk_sysu_gallery" in out.stderr
+
+
+def test_demo_reruns_in_its_own_unfinished_folder(tmp_path):
+    from person_search.demo import _check_output_dir
+    from person_search.search import SearchError
+
+    for name in ("untrained", "train"):  # what a demo stopped during training leaves
+        (tmp_path / name).mkdir()
+    _check_output_dir(str(tmp_path))
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(SearchError, match="demo output .* is not empty"):
+        _check_output_dir(str(tmp_path))
 
 
 def test_demo_refuses_a_folder_it_did_not_write(tmp_path):

@@ -12,6 +12,7 @@ from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import print_csv_format
 from detectron2.utils import comm
 
+from person_search.config import is_crop_reid
 from person_search.modeling.memory_format import apply_memory_format
 from person_search.precision import amp_dtype, inference_autocast
 
@@ -41,7 +42,7 @@ class ResumableTrainingSampler(TrainingSampler):
 
 def _check_num_labeled(cfg, dataset_dicts):
     """Fail before training if the training set has more labeled identities than the identity loss has rows."""
-    if cfg.MODEL.META_ARCHITECTURE == "ReIDCropNet":
+    if is_crop_reid(cfg):
         pids = [d["person_id"] for d in dataset_dicts]
     else:
         pids = [a.get("person_id", -1) for d in dataset_dicts for a in d.get("annotations", [])]
@@ -65,7 +66,7 @@ def require_datasets(cfg, key):
     if cfg.DATASETS[key]:
         return
     # a registered set that datasets/prepare_synthetic.py writes, for the example in the message
-    fmt, prefix = ("market1501", "market1501") if cfg.MODEL.META_ARCHITECTURE == "ReIDCropNet" \
+    fmt, prefix = ("market1501", "market1501") if is_crop_reid(cfg) \
         else ("cuhk_sysu", "synthetic_cuhk_sysu")
     example = f"{prefix}_{'train' if key == 'TRAIN' else 'gallery'}"
     purpose = "train on" if key == "TRAIN" else "evaluate"
@@ -155,7 +156,7 @@ class PersonSearchTrainer(DefaultTrainer):
     def build_train_mapper(cls, cfg):
         from person_search.data import PersonSearchDatasetMapper
 
-        if cfg.MODEL.META_ARCHITECTURE == "ReIDCropNet":
+        if is_crop_reid(cfg):
             from person_search.data.reid_mapper import ReIDCropMapper
 
             return ReIDCropMapper(cfg, is_train=True)

@@ -34,7 +34,7 @@ from person_search.evaluation import check_score_threshold
 from person_search.modeling.memory_format import apply_memory_format
 from person_search.precision import inference_autocast
 
-from .sources import SearchError, open_gallery_source
+from .sources import SearchError, open_gallery_source, shorten
 
 __all__ = [
     "FORMAT_VERSION",
@@ -313,6 +313,18 @@ def require_directory(path, what):
         raise SearchError(f"{what} {path} is a file, expected a directory")
 
 
+def require_own_folder(path, what, is_ours, expected):
+    """Raise unless ``path`` is new, an empty folder, or a folder ``is_ours(path)`` recognises as written by the
+    command (which then writes, replaces or deletes files there): nothing of the user's is lost or added to.
+    ``expected`` says in words what such a folder holds."""
+    require_directory(path, what)
+    if os.path.isdir(path) and os.listdir(path) and not is_ours(path):
+        raise SearchError(
+            f"{what} {path} is not empty and holds no {expected}: use a new or empty directory (nothing in it was "
+            "changed)"
+        )
+
+
 def remove_index(index_dir, *, keep_folder=False):
     """Delete the files of a (finished or partial) index written by :func:`build_index`, and the folder if
     that leaves it empty (unless ``keep_folder``). Other files are kept; a folder without an index is refused."""
@@ -332,15 +344,13 @@ def remove_index(index_dir, *, keep_folder=False):
 def _check_output_dir(output_dir):
     """Refuse an output path that is a file, or a non-empty folder that ``build_index`` did not write (its
     manifest.json or progress.json records a build key): indexing writes and deletes files there."""
-    require_directory(output_dir, "index output")
-    if not os.path.isdir(output_dir) or not os.listdir(output_dir):
-        return
-    records = (json_object(os.path.join(output_dir, f)) for f in ("manifest.json", "progress.json"))
-    if not any(r is not None and "build_key" in r for r in records):
-        raise SearchError(
-            f"{output_dir} is not empty and holds no index (no manifest.json or progress.json written by "
-            "`person-search index`): use a new or empty directory (nothing in it was changed)"
-        )
+
+    def is_index(path):
+        records = (json_object(os.path.join(path, f)) for f in ("manifest.json", "progress.json"))
+        return any(r is not None and "build_key" in r for r in records)
+
+    require_own_folder(output_dir, "index output", is_index,
+                       "index (no manifest.json or progress.json written by `person-search index`)")
 
 
 def _load_progress(output_dir, build_key):
@@ -454,14 +464,17 @@ def _what_differs(manifest, source, identity, score_thresh, cfg):
     """Which of the recorded build arguments of an index differ from the current ones, in words."""
     differences = []
     if manifest.get("gallery") != source.describe():
-        differences.append("the gallery: pictures were added, removed or changed, or the video changed")
+        differences.append(
+            "the gallery: pictures were added, removed or changed, or the video changed (or the index comes from "
+            "an earlier person_search, which identified a gallery by its file names only)"
+        )
     if manifest.get("model", {}).get("identity") != identity["identity"]:
         differences.append("the model's config or weights")
     if manifest.get("score_thresh") != score_thresh:
         differences.append(f"the score threshold ({manifest.get('score_thresh')} then)")
     if manifest.get("precision") != (cfg.TEST.AMP_DTYPE or "fp32"):
         differences.append(f"the precision ({manifest.get('precision')} then)")
-    return "; ".join(differences) or "batch size or memory format"
+    return "; ".join(differences) or "batch size, shard size or memory format"
 
 
 def _run(source, detector, writer, batch_size, shard_size):
@@ -510,9 +523,9 @@ def _consolidate(output_dir, shards, manifest):
         skipped.extend(records["skipped"])
     arrays = _concatenate(parts, manifest["embed_dim"])
     if skipped:
-        shown = ", ".join(skipped[:20]) + (f" and {len(skipped) - 20} more" if len(skipped) > 20 else "")
         logger.warning(
-            f"Skipped {len(skipped)} unreadable or too thin gallery images (listed in manifest.json): {shown}"
+            f"Skipped {len(skipped)} unreadable or too thin gallery images (listed in manifest.json): "
+            f"{shorten(skipped)}"
         )
     for name, array in arrays.items():
         _atomic_write(os.path.join(output_dir, f"{name}.npy"), lambda f, a=array: np.save(f, a, allow_pickle=False))

@@ -11,8 +11,8 @@ from detectron2.utils.visualizer import Visualizer
 
 from person_search.precision import inference_autocast
 
-from .index import GalleryIndex, build_search_model, json_object, load_search_config, model_identity, require_directory
-from .sources import UNREADABLE_IMAGE_ERRORS, SearchError, read_image_file, read_video_frames
+from .index import GalleryIndex, build_search_model, json_object, load_search_config, model_identity, require_own_folder
+from .sources import UNREADABLE_IMAGE_ERRORS, SearchError, read_image_file, read_video_frames, shorten
 
 __all__ = ["parse_box", "check_box", "embed_query", "search_person", "draw_results"]
 
@@ -95,8 +95,9 @@ def embed_query(model, cfg, image_path, box, *, frame=None):
     height, width = image.shape[:2]
     box = check_box(box, width, height, image_path)
     record = {"file_name": image_path, "image_id": os.path.basename(image_path), "height": height, "width": width}
+    mapper = PersonSearchDatasetMapper(cfg, is_train=False)
     try:
-        inputs = PersonSearchDatasetMapper(cfg, is_train=False).map_image(dict(record, query_box=box), image)
+        inputs = mapper.map_image(dict(record, query_box=box), image)
     except ValueError as e:  # PIL's resize to a size of 0: a strip a few pixels thin, long side capped
         raise SearchError(f"query image {image_path} of {width}x{height} pixels is too thin for the test-time "
                           f"resize ({e})") from e
@@ -207,15 +208,13 @@ def _result_files(out_dir):
     """Paths of results.json and results.jpg in ``out_dir``, after checking that writing them loses nothing and
     adds nothing to a folder of the user's (a gallery, an index): ``out_dir`` must be new, empty, or hold the
     results.json of an earlier query, whose files are then replaced."""
-    require_directory(out_dir, "query output")
     files = {"json": os.path.join(out_dir, "results.json"), "picture": os.path.join(out_dir, "results.jpg")}
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
-        earlier = json_object(files["json"])
-        if earlier is None or not {"query", "hits"} <= set(earlier):
-            raise SearchError(
-                f"query output {out_dir} is not empty and holds no results.json of an earlier query: use a new or "
-                "empty directory (nothing in it was changed)"
-            )
+
+    def is_results(path):
+        earlier = json_object(os.path.join(path, "results.json"))
+        return earlier is not None and {"query", "hits"} <= set(earlier)
+
+    require_own_folder(out_dir, "query output", is_results, "results.json of an earlier query")
     return files
 
 
@@ -249,8 +248,7 @@ def _hit_images(hits):
         images.append(image)
     if missing:
         missing = sorted(set(missing))
-        shown = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
-        logger.warning(f"{len(missing)} gallery pictures of the hits cannot be read (moved?): {shown}")
+        logger.warning(f"{len(missing)} gallery pictures of the hits cannot be read (moved?): {shorten(missing)}")
     return images
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "open_gallery_source",
     "read_image_file",
     "read_video_frames",
+    "shorten",
 ]
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,12 @@ class SearchError(ValueError):
     """Bad input to gallery indexing or search; the message names the file or argument and what was expected."""
 
 
+def shorten(names, limit=20):
+    """``names`` joined by commas, the ones past ``limit`` counted: "a, b and 3 more"."""
+    names = list(names)
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 # PIL modes of 16-bit integer pictures (PNG, TIFF; older Pillow opens 16-bit PNGs as "I"), scaled 0..65535 -> 0..255.
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
@@ -55,7 +62,10 @@ def read_image_file(path, image_format="BGR"):
     """
     with Image.open(path) as image:
         image.load()
-        image = ImageOps.exif_transpose(image)
+        try:
+            image = ImageOps.exif_transpose(image)
+        except Exception as e:  # a damaged EXIF block: the picture as stored (detectron2's reader does the same)
+            logger.debug(f"{path}: EXIF orientation not applied ({e})")
     if image.mode in _SIXTEEN_BIT_MODES:
         values = np.asarray(image, dtype=np.float64) / 257.0
         image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
@@ -101,10 +111,8 @@ class ImageFolderSource:
                 (self.paths if is_image else left_out).append(path)
         self.paths.sort()
         if left_out:
-            left_out.sort()
-            shown = ", ".join(left_out[:10]) + (f" and {len(left_out) - 10} more" if len(left_out) > 10 else "")
             logger.info(f"Left out of gallery {self.root}: {len(left_out)} files that are no images "
-                        f"({', '.join(IMAGE_EXTENSIONS)}) or linked folders: {shown}")
+                        f"({', '.join(IMAGE_EXTENSIONS)}) or linked folders: {shorten(sorted(left_out), 10)}")
         if not self.paths:
             extensions = ", ".join(IMAGE_EXTENSIONS)
             raise SearchError(f"gallery folder {self.root} contains no images (extensions {extensions})")
@@ -164,7 +172,8 @@ class VideoSource:
 
     def describe(self):
         stat = os.stat(self.path)
-        return {"kind": self.kind, "path": self.path, "every": self.every, "size": stat.st_size, "fps": self.fps}
+        return {"kind": self.kind, "path": self.path, "every": self.every, "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns, "fps": self.fps}
 
     def iter_items(self, start=0):
         """Sampled frames from sample position ``start`` on (earlier frames are grabbed without decoding)."""
