@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 from person_search.cli import main as cli_main
+from person_search.data import read_image_file
 from person_search.search import SearchError, build_index, load_search_config, search_person
 from person_search.search import index as index_module
 from person_search.search import query as query_module
-from person_search.search.sources import read_image_file
 
 from conftest import TINY_CONFIG, tiny_cfg
 from test_search_index import BUILD_ARGS, FAST_OPTS, write_image, write_video

@@ -5,6 +5,7 @@ Importing this package registers ``cuhk_sysu_{train,gallery,query}`` and ``prw_{
 """
 from .builtin import register_cuhk_sysu, register_person_search_datasets, register_prw
 from .cuhk_sysu import cuhk_sysu_num_labeled, cuhk_sysu_search_protocol, load_cuhk_sysu
+from .image_io import read_image_file
 from .mapper import PersonSearchDatasetMapper
 from .prw import load_prw, prw_num_labeled
 from .reid_datasets import (
@@ -26,6 +27,7 @@ __all__ = [
     "load_cuhk03_classic",
     "load_dukemtmc",
     "load_market1501",
+    "read_image_file",
     "register_reid_datasets",
     "register_reid_splits",
     "cuhk_sysu_num_labeled",

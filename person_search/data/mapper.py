@@ -9,6 +9,8 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode, Instances
 
+from .image_io import read_image_file
+
 __all__ = ["PersonSearchDatasetMapper"]
 
 
@@ -34,7 +36,8 @@ class PersonSearchDatasetMapper:
         Args:
             is_train: training (annotations become ``instances``) or inference (``given_instances``).
             augmentations: detectron2 augmentations or transforms applied to image and boxes.
-            image_format: an image format supported by :func:`detectron2.data.detection_utils.read_image`.
+            image_format: an image format supported by :func:`detectron2.data.detection_utils.read_image`
+                (images are read with :func:`person_search.data.read_image_file`).
             gallery_gt_boxes: at inference, also give the ground-truth boxes of gallery images, to compute
                 their embeddings on ground truth (the "GT boxes" evaluation).
         """
@@ -56,7 +59,7 @@ class PersonSearchDatasetMapper:
         }
 
     def __call__(self, dataset_dict):
-        return self.map_image(dataset_dict, utils.read_image(dataset_dict["file_name"], format=self.image_format))
+        return self.map_image(dataset_dict, read_image_file(dataset_dict["file_name"], self.image_format))
 
     def map_image(self, dataset_dict, image):
         """What ``__call__`` returns, for an image already decoded in the mapper's format (e.g. a video frame)."""

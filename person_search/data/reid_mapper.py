@@ -8,6 +8,8 @@ from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
+from .image_io import read_image_file
+
 __all__ = ["ReIDCropMapper", "Pad"]
 
 
@@ -41,7 +43,8 @@ class ReIDCropMapper:
         Args:
             is_train: whether the record must carry ``person_id`` (training) or not.
             augmentations: detectron2 augmentations applied to the image.
-            image_format: an image format supported by :func:`detectron2.data.detection_utils.read_image`.
+            image_format: an image format supported by :func:`detectron2.data.detection_utils.read_image`
+                (images are read with :func:`person_search.data.read_image_file`).
         """
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
@@ -70,7 +73,7 @@ class ReIDCropMapper:
         dataset_dict = copy.copy(dataset_dict)  # the record holds only immutable values
         if self.is_train and "person_id" not in dataset_dict:
             raise ValueError(f"re-ID training record '{dataset_dict.get('file_name')}' has no person_id")
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        image = read_image_file(dataset_dict["file_name"], self.image_format)
         utils.check_image_size(dataset_dict, image)
         aug_input = T.AugInput(image)
         self.augmentations(aug_input)

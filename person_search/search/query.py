@@ -12,7 +12,9 @@ from detectron2.utils.visualizer import Visualizer
 from person_search.precision import inference_autocast
 
 from .index import GalleryIndex, build_search_model, json_object, load_search_config, model_identity, require_own_folder
-from .sources import UNREADABLE_IMAGE_ERRORS, SearchError, read_image_file, read_video_frames, shorten
+from person_search.data import read_image_file
+
+from .sources import UNREADABLE_IMAGE_ERRORS, SearchError, read_video_frames, shorten
 
 __all__ = ["parse_box", "check_box", "embed_query", "search_person", "draw_results"]
 

@@ -13,7 +13,9 @@ from typing import Optional
 import cv2
 import numpy as np
 from detectron2.data import detection_utils as utils
-from PIL import Image, ImageOps
+from PIL import Image
+
+from person_search.data.image_io import read_image_file
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -23,7 +25,6 @@ __all__ = [
     "ImageFolderSource",
     "VideoSource",
     "open_gallery_source",
-    "read_image_file",
     "read_video_frames",
     "shorten",
 ]
@@ -33,7 +34,7 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-# What PIL (through detectron2's read_image) raises for missing, truncated, unidentified or corrupt files, and for
+# What PIL (through read_image_file) raises for missing, truncated, unidentified or corrupt files, and for
 # headers claiming more pixels than Image.MAX_IMAGE_PIXELS allows (DecompressionBombError is no OSError).
 UNREADABLE_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -46,30 +47,6 @@ def shorten(names, limit=20):
     """``names`` joined by commas, the ones past ``limit`` counted: "a, b and 3 more"."""
     names = list(names)
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
-# PIL modes of 16-bit integer pictures (PNG, TIFF; older Pillow opens 16-bit PNGs as "I"), scaled 0..65535 -> 0..255.
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-
-
-def read_image_file(path, image_format="BGR"):
-    """The picture in ``path`` as the user sees it, as an HxWxC uint8 array in ``image_format``.
-
-    Differs from detectron2's ``read_image`` (which the dataset mapper uses for the benchmark datasets' JPEGs) for
-    users' own files: EXIF orientation is applied after loading, so a TIFF, which Pillow turns upright while
-    loading, is not turned a second time; 16-bit integer pictures are scaled to 8 bits instead of clipped (which
-    made them almost white). Raises one of :data:`UNREADABLE_IMAGE_ERRORS` for a file that cannot be read.
-    """
-    with Image.open(path) as image:
-        image.load()
-        try:
-            image = ImageOps.exif_transpose(image)
-        except Exception as e:  # a damaged EXIF block: the picture as stored (detectron2's reader does the same)
-            logger.debug(f"{path}: EXIF orientation not applied ({e})")
-    if image.mode in _SIXTEEN_BIT_MODES:
-        values = np.asarray(image, dtype=np.float64) / 257.0
-        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
-    return utils.convert_PIL_to_numpy(image, image_format)
 
 
 @dataclass
