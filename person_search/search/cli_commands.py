@@ -50,8 +50,9 @@ def add_search_subcommands(subparsers):
                        help="the query person's box in pixels (a value starting with '-' needs --box=...)")
     query.add_argument("--frame", type=int, metavar="N",
                        help="the person is in frame N (0-based) of a video: --image is then the video file")
-    query.add_argument("--topk", type=int, default=10, help="number of hits")
-    query.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    query.add_argument("--topk", type=int, default=10, help="number of hits (results.jpg shows the first 100)")
+    query.add_argument("--out", required=True, metavar="DIR",
+                       help="output directory: new, empty, or one an earlier query wrote (its results are replaced)")
     query.add_argument("--config", default=None, help="config file (default: the one recorded in the index)")
     query.add_argument("--weights", default=None, help="weights file (default: the one recorded in the index)")
     query.add_argument("--backend", choices=("auto", "numpy", "faiss"), default="auto", help="search backend")
