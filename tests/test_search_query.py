@@ -165,6 +165,9 @@ def test_query_refuses_another_model_unless_forced(index_dir, tmp_path, caplog):
         search_person(index, image, box, weights=str(weights))
     # keys that do not change embeddings are no mismatch
     assert search_person(index, image, box, topk=1, cfg=tiny_cfg(*FAST_OPTS, "SOLVER.BASE_LR", 0.5))["hits"]
+    # embeddings of another size cannot be compared, forced or not: refused before the model build
+    with pytest.raises(SearchError, match="gives 16-d embeddings .* holds 32-d ones"):
+        search_person(index, image, box, cfg=tiny_cfg(*FAST_OPTS, "MODEL.REID.EMBED_DIM", 16), force=True)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback of a machine without a GPU")

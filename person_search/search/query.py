@@ -135,6 +135,11 @@ def _query_model(index, cfg, weights, force):
         if not force:
             raise SearchError(message + "; use the index's config and weights, or force the search")
         logger.warning(message + "; searching anyway (forced)")
+        if cfg.MODEL.REID.EMBED_DIM != index.embeddings.shape[1]:  # no search possible: say so before the build
+            raise SearchError(
+                f"the query model gives {cfg.MODEL.REID.EMBED_DIM}-d embeddings (MODEL.REID.EMBED_DIM), index "
+                f"{index.root} holds {index.embeddings.shape[1]}-d ones: not even a forced search can compare them"
+            )
     # random weights are allowed here only as the ones the index was built with (or when forced)
     model, _ = build_search_model(cfg, weights, allow_random_weights=True, seed=seed)
     return model, cfg
