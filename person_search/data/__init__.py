@@ -6,7 +6,7 @@ Importing this package registers ``cuhk_sysu_{train,gallery,query}`` and ``prw_{
 from .builtin import register_cuhk_sysu, register_person_search_datasets, register_prw
 from .cuhk_sysu import cuhk_sysu_num_labeled, cuhk_sysu_search_protocol, load_cuhk_sysu
 from .image_io import read_image_file
-from .mapper import PersonSearchDatasetMapper
+from .mapper import ImageTooThinError, PersonSearchDatasetMapper
 from .prw import load_prw, prw_num_labeled
 from .reid_datasets import (
     extract_cuhk03_images,
@@ -20,6 +20,7 @@ from .reid_datasets import (
 from .reid_mapper import ReIDCropMapper
 
 __all__ = [
+    "ImageTooThinError",
     "PersonSearchDatasetMapper",
     "ReIDCropMapper",
     "extract_cuhk03_images",

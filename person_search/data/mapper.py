@@ -11,7 +11,12 @@ from detectron2.structures import Boxes, BoxMode, Instances
 
 from .image_io import read_image_file
 
-__all__ = ["PersonSearchDatasetMapper"]
+__all__ = ["ImageTooThinError", "PersonSearchDatasetMapper"]
+
+
+class ImageTooThinError(ValueError):
+    """A picture the resize leaves without a pixel row or column (a strip a few pixels thin whose long side is
+    capped at the maximum size): detectron2's resize fails on it."""
 
 
 class PersonSearchDatasetMapper:
@@ -66,7 +71,13 @@ class PersonSearchDatasetMapper:
         dataset_dict = copy.deepcopy(dataset_dict)  # modified below
         utils.check_image_size(dataset_dict, image)
         aug_input = T.AugInput(image)
-        transforms = self.augmentations(aug_input)
+        try:
+            transforms = self.augmentations(aug_input)
+        except ValueError as e:  # what PIL's resize raises for a target size of 0
+            height, width = image.shape[:2]
+            raise ImageTooThinError(
+                f"{dataset_dict.get('file_name')}: {width}x{height} pixels is too thin for the resize ({e})"
+            ) from e
         image = aug_input.image
         image_shape = image.shape[:2]  # h, w
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))

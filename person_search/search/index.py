@@ -24,12 +24,11 @@ import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.data import detection_utils as utils
-from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.utils.file_io import PathManager
 from tqdm import tqdm
 
+from person_search.data import ImageTooThinError, PersonSearchDatasetMapper
 from person_search.evaluation import check_score_threshold
 from person_search.modeling.memory_format import apply_memory_format
 from person_search.precision import inference_autocast
@@ -184,23 +183,17 @@ class _Detector:
 
     def __init__(self, model, cfg, score_thresh):
         self.model = model
-        self.augmentations = T.AugmentationList(utils.build_augmentation(cfg, is_train=False))
+        self.mapper = PersonSearchDatasetMapper(cfg, is_train=False)  # the evaluation's test-time resize
         self.score_thresh = score_thresh
         self.cfg = cfg
 
-    def prepare(self, image):
-        """The model input of one picture (test-time resize), None for a picture the resize leaves without a pixel
-        row or column (a strip a few pixels thin: its long side is capped at INPUT.MAX_SIZE_TEST)."""
-        height, width = image.shape[:2]
-        aug_input = T.AugInput(image)
+    def prepare(self, item):
+        """The model input of a gallery item's picture, None for a picture too thin for the test-time resize."""
+        height, width = item.image.shape[:2]
         try:
-            self.augmentations(aug_input)
-        except ValueError:  # what PIL's resize raises for a target size of 0
+            return self.mapper.map_image({"file_name": item.path, "height": height, "width": width}, item.image)
+        except ImageTooThinError:
             return None
-        if min(aug_input.image.shape[:2]) < 1:
-            return None
-        tensor = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
-        return {"image": tensor, "height": height, "width": width}
 
     @torch.no_grad()
     def __call__(self, inputs):
@@ -490,7 +483,7 @@ def _run(source, detector, writer, batch_size, shard_size):
     position = start
     for item in tqdm(source.iter_items(start), initial=start, total=len(source), desc="indexing", unit="img"):
         position = item.position + 1
-        inputs = None if item.image is None else detector.prepare(item.image)
+        inputs = None if item.image is None else detector.prepare(item)
         if inputs is None:
             if item.image is not None:
                 height, width = item.image.shape[:2]

@@ -91,7 +91,7 @@ def embed_query(model, cfg, image_path, box, *, frame=None):
     Uses the evaluation's query path: :class:`PersonSearchDatasetMapper` (test-time resize, the box as
     ``given_instances``) and ``model.inference(..., detected_instances=...)``.
     """
-    from person_search.data import PersonSearchDatasetMapper
+    from person_search.data import ImageTooThinError, PersonSearchDatasetMapper
 
     image = _query_image(image_path, frame, cfg.INPUT.FORMAT)
     height, width = image.shape[:2]
@@ -100,9 +100,9 @@ def embed_query(model, cfg, image_path, box, *, frame=None):
     mapper = PersonSearchDatasetMapper(cfg, is_train=False)
     try:
         inputs = mapper.map_image(dict(record, query_box=box), image)
-    except ValueError as e:  # PIL's resize to a size of 0: a strip a few pixels thin, long side capped
+    except ImageTooThinError as e:
         raise SearchError(f"query image {image_path} of {width}x{height} pixels is too thin for the test-time "
-                          f"resize ({e})") from e
+                          "resize") from e
     given = inputs["given_instances"].to(model.device)
     with inference_autocast(cfg):
         (output,) = model.inference([inputs], detected_instances=[given])
