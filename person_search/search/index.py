@@ -613,10 +613,7 @@ class GalleryIndex:
             raise SearchError("query embeddings contain NaN or infinite values")
         if backend not in ("auto", "numpy", "faiss"):
             raise SearchError(f"unknown search backend {backend!r}; expected auto, numpy or faiss")
-        if len(self) == 0:
-            raise SearchError(f"index {self.root} holds no detected persons: nothing to search")
-        if not isinstance(topk, (int, np.integer)) or isinstance(topk, bool) or topk < 1:
-            raise SearchError(f"topk must be an integer >= 1, got {topk!r}")
+        self.check_searchable(topk)
         k = min(int(topk), len(self))
         if backend == "faiss" or (backend == "auto" and len(self) >= FAISS_MIN_BOXES):
             scores, indices = self._faiss().search(queries, k)
@@ -629,6 +626,13 @@ class GalleryIndex:
             scores.append(np.take_along_axis(similarities, top, axis=1))
             indices.append(top)
         return np.concatenate(scores), np.concatenate(indices)
+
+    def check_searchable(self, topk):
+        """Raise unless the index holds persons and ``topk`` is a number of hits (an integer >= 1)."""
+        if len(self) == 0:
+            raise SearchError(f"index {self.root} holds no detected persons: nothing to search")
+        if not isinstance(topk, (int, np.integer)) or isinstance(topk, bool) or topk < 1:
+            raise SearchError(f"topk must be an integer >= 1, got {topk!r}")
 
     def _faiss(self):
         if self._faiss_index is None:

@@ -176,10 +176,7 @@ def search_person(
     index = index_dir_or_index
     if not isinstance(index, GalleryIndex):
         index = GalleryIndex.load(index)
-    if len(index) == 0:
-        raise SearchError(f"index {index.root} holds no detected persons: nothing to search")
-    if not isinstance(topk, (int, np.integer)) or isinstance(topk, bool) or topk < 1:
-        raise SearchError(f"topk must be an integer >= 1, got {topk!r}")
+    index.check_searchable(topk)  # before the (slow) model build
     image_path = os.path.abspath(image_path)
     # check the query before the (slow) model build
     image = _query_image(image_path, frame, "BGR")
